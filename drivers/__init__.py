@@ -1,0 +1,71 @@
+"""The hypervisor layer: the ``Driver`` protocol, its vocabulary, and the simulated fleet.
+
+The libvirt driver is not imported here: it needs the libvirt bindings, so it is imported lazily
+from its own module.
+"""
+
+from .base import (
+    CURRENT_CALL,
+    CallContext,
+    Capabilities,
+    Driver,
+    DriverError,
+    DriverTimeout,
+    GuestFlavor,
+    GuestNotFound,
+    GuestSpec,
+    HostInfo,
+    HostUnavailable,
+    InjectedFault,
+    InsufficientResources,
+    LifecycleEvent,
+    LifecycleTransition,
+    PowerState,
+    RebootType,
+    UnsupportedOperation,
+)
+from .simulator import (
+    DEFAULT_LATENCIES,
+    GUEST_OPERATIONS,
+    FaultPlan,
+    FaultRule,
+    FiredFault,
+    LatencyModel,
+    SimGuest,
+    SimHost,
+    SimResize,
+    SimStatistics,
+    SimulatorDriver,
+)
+
+__all__ = [
+    "CURRENT_CALL",
+    "DEFAULT_LATENCIES",
+    "GUEST_OPERATIONS",
+    "CallContext",
+    "Capabilities",
+    "Driver",
+    "DriverError",
+    "DriverTimeout",
+    "FaultPlan",
+    "FaultRule",
+    "FiredFault",
+    "GuestFlavor",
+    "GuestNotFound",
+    "GuestSpec",
+    "HostInfo",
+    "HostUnavailable",
+    "InjectedFault",
+    "InsufficientResources",
+    "LatencyModel",
+    "LifecycleEvent",
+    "LifecycleTransition",
+    "PowerState",
+    "RebootType",
+    "SimGuest",
+    "SimHost",
+    "SimResize",
+    "SimStatistics",
+    "SimulatorDriver",
+    "UnsupportedOperation",
+]

@@ -1,0 +1,7 @@
+"""``python -m statemachine`` runs the ``ism`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

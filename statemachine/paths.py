@@ -1,0 +1,281 @@
+"""Generated paths: short action sequences that, together, exercise every transition.
+
+The planner explores the lifecycle's stable states by running actions (and failing them) the
+way a user would, then, for every transition of the machine, builds the shortest path that
+reaches its source and fires it: run an action, fail it at a step, or hold one action at a step
+while another preempts, takes over or joins it. :func:`run_path` replays a path on a real engine
+(any driver), holding and failing steps through the engine's step hooks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
+import attrs
+
+from ._schema import Action, Concurrency, ErrorTo, Lifecycle, Precondition, Transition, state_name
+from .engine import Engine, StepInfo
+from .errors import ActionFailed, ActionPreempted
+from .model import SYSTEM_CONTEXT, RequestContext
+from .states import VmState
+
+__all__ = ["CoveringPath", "PathStep", "covering_paths", "run_path"]
+
+OWNER = RequestContext(user_id="paths", project_id="paths", roles=frozenset({"member"}))
+FLAVORS = (
+    {"vcpus": 1, "memory_mb": 512, "root_gb": 1},
+    {"vcpus": 2, "memory_mb": 1024, "root_gb": 2},
+)
+RUNNING_STATES = frozenset({VmState.ACTIVE, VmState.RESCUED})
+
+
+@attrs.frozen
+class PathStep:
+    """Run ``action`` (internal name); ``fail`` fails it at that step index; ``hold`` keeps it
+    at that step until the next path step has been accepted."""
+
+    action: str
+    fail: int | None = None
+    hold: int | None = None
+
+
+@attrs.frozen
+class CoveringPath:
+    """A path and the transitions it was planned for."""
+
+    steps: tuple[PathStep, ...]
+    covers: tuple[Transition, ...]
+
+
+@attrs.frozen
+class _Node:
+    vm: VmState
+    prior: VmState | None
+    launched: bool
+    host: bool
+    running: bool
+
+
+def _ok(action: Action, node: _Node) -> bool:
+    if node.vm not in action.allowed_vm_states() or not action.allows_task(None):
+        return False
+    if action.must_have_launched and not node.launched:
+        return False
+    if Precondition.HAS_HOST in action.preconditions and not node.host:
+        return False
+    return not (Precondition.HOST_DOWN in action.preconditions and not node.host)
+
+
+def _after_success(action: Action, node: _Node) -> _Node:
+    dest = action.target.resolve(node.vm, node.prior)
+    host = node.host
+    if action.name == "shelve_offload":
+        host = False
+    if action.name in ("create", "unshelve"):
+        host = True
+    prior = node.vm if dest is VmState.RESIZED else None
+    running = dest in RUNNING_STATES or (dest is VmState.RESIZED and node.vm is VmState.ACTIVE)
+    return _Node(dest, prior, node.launched or action.name in ("create", "unshelve"), host, running)
+
+
+def _after_failure(action: Action, index: int, node: _Node) -> _Node:
+    to = action.error_path(action.steps[index]).to
+    if to is ErrorTo.ERROR:
+        dest = VmState.ERROR
+    elif to is ErrorTo.ACTIVE_IF_RUNNING:
+        dest = VmState.ACTIVE if node.running else VmState.ERROR
+    else:
+        dest = node.vm
+    host = node.host and not (action.creates and dest is VmState.ERROR)
+    return _Node(dest, node.prior, node.launched, host, node.running and dest is not VmState.ERROR)
+
+
+def _explore(lc: Lifecycle) -> dict[_Node, tuple[PathStep, ...]]:
+    """Shortest path (by steps) to every abstract stable node."""
+    create = next(a for a in lc.actions if a.creates)
+    start = _Node(VmState.BUILDING, None, False, False, False)
+    paths: dict[_Node, tuple[PathStep, ...]] = {}
+    queue: deque[tuple[_Node, tuple[PathStep, ...]]] = deque()
+    for i in range(len(create.steps)):
+        node = _after_failure(create, i, start)
+        queue.append((node, (PathStep("create", fail=i),)))
+    queue.appendleft((_after_success(create, start), (PathStep("create"),)))
+    while queue:
+        node, path = queue.popleft()
+        if node in paths or len(path) > 8:
+            continue
+        paths[node] = path
+        for action in lc.actions:
+            if action.creates or action.concurrency is Concurrency.JOINS:
+                continue
+            if not _ok(action, node) or (action.vm_states is None and node.vm is VmState.DELETED):
+                continue
+            queue.append((_after_success(action, node), (*path, PathStep(action.name))))
+            for i in range(len(action.steps)):
+                queue.append(
+                    (_after_failure(action, i, node), (*path, PathStep(action.name, fail=i)))
+                )
+    return paths
+
+
+def _holder(lc: Lifecycle, node: _Node, task: object, joiner: str | None) -> PathStep | None:
+    """An action that, started from ``node``, sits at ``task`` (and accepts ``joiner``)."""
+    for action in lc.actions:
+        if action.creates or action.concurrency in (Concurrency.JOINS, Concurrency.FREE):
+            continue
+        if not _ok(action, node):
+            continue
+        for i, step in enumerate(action.steps):
+            if step.task_state == task and (joiner is None or joiner in step.accepts):
+                return PathStep(action.name, hold=i)
+    return None
+
+
+def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
+    """Paths that together fire every transition of ``lc`` (shortest found for each)."""
+    nodes = _explore(lc)
+    ordered = sorted(nodes.items(), key=lambda kv: len(kv[1]))
+    plans: dict[tuple[PathStep, ...], list[Transition]] = {}
+    create = next(a for a in lc.actions if a.creates)
+    for t in lc.transitions():
+        action = lc.action(t.action)
+        vm, task = t.source
+        plan: tuple[PathStep, ...] | None = None
+        for node, path in ordered:
+            if node.vm is not vm:
+                continue
+            if action.creates:
+                break
+            if t.kind in ("accept", "internal") and task is not None:
+                holder = _holder(
+                    lc, node, task, action.name if action.concurrency is Concurrency.JOINS else None
+                )
+                if holder is not None and _ok_ignoring_task(action, node):
+                    plan = (*path, holder, PathStep(action.name))
+            elif t.kind in ("accept", "internal", "advance", "done"):
+                if _ok(action, node) and (
+                    t.kind != "done" or action.target.resolve(vm, node.prior) is t.dest[0]
+                ):
+                    plan = (*path, PathStep(action.name))
+            elif (
+                t.kind == "fail"
+                and t.step is not None
+                and _ok(action, node)
+                and _after_failure(action, t.step, node).vm is t.dest[0]
+            ):
+                plan = (*path, PathStep(action.name, fail=t.step))
+            if plan is not None:
+                break
+        if action.creates:
+            plan = (PathStep("create", fail=t.step) if t.kind == "fail" else PathStep("create"),)
+        if plan is None:
+            raise LookupError(f"no path found for {t.trigger} {state_name(t.source)}")
+        plans.setdefault(plan, []).append(t)
+    del create
+    return [CoveringPath(steps=k, covers=tuple(v)) for k, v in plans.items()]
+
+
+def _ok_ignoring_task(action: Action, node: _Node) -> bool:
+    if node.vm not in action.allowed_vm_states():
+        return False
+    if action.must_have_launched and not node.launched:
+        return False
+    return not (Precondition.HAS_HOST in action.preconditions and not node.host)
+
+
+class _Director:
+    """The step hook that fails or holds the path's steps."""
+
+    def __init__(self) -> None:
+        self.fail: tuple[str, int] | None = None
+        self.hold: tuple[str, int] | None = None
+        self.held = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, info: StepInfo) -> None:
+        key = (info.action if info.variant is None else f"{info.action}:{info.variant}", info.index)
+        if self.fail is not None and key == self.fail:
+            self.fail = None
+            raise RuntimeError(f"path: fail {key[0]} at step {key[1]}")
+        if self.hold is not None and key == self.hold:
+            self.hold = None
+            self.held.set()
+            with anyio.fail_after(3600):
+                await self.release.wait()
+
+
+def _key(action: Action, index: int) -> tuple[str, int]:
+    name = (
+        action.public_name if action.variant is None else f"{action.public_name}:{action.variant}"
+    )
+    return name, index
+
+
+async def run_path(
+    make_engine: Callable[[Any], Awaitable[Engine]] | None,
+    engine: Engine,
+    director: _Director,
+    path: CoveringPath,
+    *,
+    set_host_up: Callable[[str, bool], None],
+) -> str:
+    """Replay ``path`` on ``engine`` (built with ``director`` as a hook); return the uuid."""
+    lc = engine.lifecycle
+    uuid: str | None = None
+    pending = None
+    for step in path.steps:
+        action = lc.action(step.action)
+        ctx = SYSTEM_CONTEXT if action.internal or action.rule.value == "admin" else OWNER
+        params: dict[str, Any] = {}
+        if action.creates:
+            params = {"name": "path", "flavor": FLAVORS[0], "image": "cirros"}
+        elif action.name == "resize":
+            params = {
+                "flavor": FLAVORS[1] if engine.get(uuid or "").flavor.vcpus == 1 else FLAVORS[0]
+            }
+        if action.variant is not None:
+            params["type"] = action.variant
+        if step.fail is not None:
+            director.fail = _key(action, step.fail)
+        if step.hold is not None:
+            director.hold = _key(action, step.hold)
+            director.held = anyio.Event()
+            director.release = anyio.Event()
+        down = None
+        if Precondition.HOST_DOWN in action.preconditions and uuid is not None:
+            down = engine.get(uuid).host
+            assert down is not None
+            set_host_up(down, False)
+        handle = await engine.submit(ctx, action.public_name, uuid, params)
+        uuid = handle.uuid
+        if step.hold is not None:
+            with anyio.fail_after(3600):
+                await director.held.wait()
+            pending = handle
+            continue
+        if pending is not None:
+            director.release.set()
+            pending = None
+        result = await handle.wait()
+        if down is not None:
+            set_host_up(down, True)
+        if step.fail is None and not result.ok and not isinstance(result.error, ActionPreempted):
+            raise AssertionError(f"{step.action} failed on a path: {result.error}")
+        if step.fail is not None and not isinstance(result.error, ActionFailed):
+            raise AssertionError(f"{step.action} did not fail at step {step.fail}: {result}")
+    await engine.wait_idle(timeout=3600)
+    assert uuid is not None
+    return uuid
+
+
+def paths_director() -> _Director:
+    """A fresh step hook for :func:`run_path`."""
+    return _Director()
+
+
+def transitions_of(paths: Iterable[CoveringPath]) -> set[Transition]:
+    """Every transition the paths were planned for."""
+    return {t for p in paths for t in p.covers}

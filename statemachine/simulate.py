@@ -1,0 +1,312 @@
+"""``ism simulate``: a fleet on the simulator, every action in a realistic mix, faults injected.
+
+Each instance walks a seeded random path through the lifecycle: create, then actions chosen
+among those the table allows in its current state (the guards are the table's, not a copy),
+sometimes two at once (a conflict), sometimes a delete that preempts a running action; guests
+crash; a host fails and its instances are evacuated. Virtual time makes hours pass in seconds.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import anyio
+import attrs
+
+from drivers.simulator import FaultRule, SimHost, SimulatorDriver
+
+from ._schema import Action, Concurrency, Precondition, Rule
+from .clock import VirtualClock, run_virtual
+from .config import Config
+from .engine import ActionHandle, Engine
+from .errors import ActionRefused
+from .lifecycle import DEFAULT_LIFECYCLE
+from .model import RequestContext
+from .sinks import Notification
+from .states import VmState
+
+__all__ = ["FleetReport", "simulate"]
+
+FLAVORS = (
+    {"vcpus": 1, "memory_mb": 512, "root_gb": 1},
+    {"vcpus": 2, "memory_mb": 2048, "root_gb": 20},
+    {"vcpus": 4, "memory_mb": 8192, "root_gb": 40},
+)
+ADMIN = RequestContext(user_id="ops", project_id="ops", roles=frozenset({"admin"}))
+ACTIONS_PER_INSTANCE = 10
+
+
+@attrs.frozen
+class FleetReport:
+    """What a simulation did, for the closing summary."""
+
+    instances: int
+    hosts: int
+    seed: int
+    outcomes: dict[str, Counter[str]]
+    notifications: Counter[str]
+    final_states: Counter[str]
+    latencies: list[float]
+    virtual_seconds: float
+    stuck: int
+
+    def render(self) -> str:
+        """The closing summary, as plain text."""
+        lines = [
+            f"ism simulate: {self.instances} instances on {self.hosts} hosts, seed {self.seed}, "
+            f"{self.virtual_seconds / 3600:.1f} virtual hours",
+            "",
+            "actions by outcome:",
+        ]
+        kinds = ("ok", "failed", "preempted", "refused")
+        lines.append(f"  {'action':<30}" + "".join(f"{k:>10}" for k in kinds))
+        for name in sorted(self.outcomes):
+            row = self.outcomes[name]
+            lines.append(f"  {name:<30}" + "".join(f"{row.get(k, 0):>10}" for k in kinds))
+        total = Counter[str]()
+        for row in self.outcomes.values():
+            total.update(row)
+        lines.append(f"  {'total':<30}" + "".join(f"{total.get(k, 0):>10}" for k in kinds))
+        lines += ["", f"notifications by type ({sum(self.notifications.values())}):"]
+        for event, count in sorted(self.notifications.items()):
+            lines.append(f"  {event:<50}{count:>8}")
+        lines += ["", "instances by final state:"]
+        for state, count in sorted(self.final_states.items()):
+            lines.append(f"  {state:<30}{count:>8}")
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            p50 = statistics.median(ordered)
+            p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+            lines += [
+                "",
+                f"action latency (virtual s): p50 {p50:.2f}  p99 {p99:.2f}  "
+                f"max {ordered[-1]:.2f}  over {len(ordered)} actions",
+            ]
+        lines.append(f"instances left in a transient state: {self.stuck}")
+        return "\n".join(lines)
+
+
+class _Counting:
+    """A sink that only counts event types: a fleet's notifications are not kept in memory."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def send(self, notification: Notification) -> None:
+        self.counts[notification.event_type] += 1
+
+    def close(self) -> None:
+        pass
+
+
+class _Progress:
+    def __init__(self, total: int, out: TextIO | None) -> None:
+        self.total, self.done, self.out = total, 0, out
+
+    def step(self) -> None:
+        self.done += 1
+        if self.out is None:
+            return
+        width = 40
+        filled = width * self.done // self.total
+        self.out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+        if self.done == self.total:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def _user_actions() -> list[Action]:
+    return [
+        a
+        for a in DEFAULT_LIFECYCLE.actions
+        if not a.internal
+        and not a.creates
+        and a.concurrency is not Concurrency.JOINS
+        and Precondition.HOST_DOWN not in a.preconditions
+    ]
+
+
+class _Fleet:
+    def __init__(self, instances: int, seed: int, progress: _Progress) -> None:
+        self.rng = random.Random(seed)
+        self.n = instances
+        self.hosts = [f"compute{i + 1}" for i in range(max(2, instances // 25))]
+        self.driver = SimulatorDriver(
+            hosts=[
+                SimHost(name, vcpus=128, memory_mb=262_144, disk_gb=8192) for name in self.hosts
+            ],
+            seed=seed,
+        )
+        for rule in (
+            FaultRule(probability=0.02, message="simulated hypervisor error"),
+            FaultRule(action="reboot", probability=0.05, message="guest did not come back"),
+            FaultRule(
+                action="resize",
+                step="resize_migrating",
+                probability=0.05,
+                message="disk copy failed",
+            ),
+            FaultRule(action="live_migrate", step="migrating", probability=0.03, mode="hang"),
+        ):
+            self.driver.faults.add(rule)
+        self.counter = _Counting()
+        self.config = Config(
+            notify_on_state_change="vm_and_task_state",
+            resize_confirm_window=600,
+            shelved_offload_time=3600,
+            reclaim_instance_interval=1800,
+            instance_build_timeout=1800,
+        )
+        self.engine = Engine(
+            self.driver, config=self.config, sinks=[self.counter], clock=VirtualClock(), seed=seed
+        )
+        self.outcomes: dict[str, Counter[str]] = {}
+        self.latencies: list[float] = []
+        self.uuids: list[str] = []
+        self.progress = progress
+        self.actions = _user_actions()
+
+    def _count(self, name: str, outcome: str) -> None:
+        self.outcomes.setdefault(name, Counter())[outcome] += 1
+
+    async def _submit(
+        self, ctx: RequestContext, name: str, uuid: str | None, params: dict[str, Any]
+    ) -> ActionHandle | None:
+        try:
+            return await self.engine.submit(ctx, name, uuid, params)
+        except ActionRefused:
+            self._count(name, "refused")
+            return None
+
+    async def _settle(self, handle: ActionHandle | None) -> None:
+        if handle is None:
+            return
+        result = await handle.wait()
+        self._count(handle.name, str(result.outcome))
+        self.latencies.append(result.duration)
+
+    def _params(self, action: Action, uuid: str) -> dict[str, Any]:
+        rng = self.rng
+        inst = self.engine.get(uuid)
+        if action.name == "resize":
+            others = [f for f in FLAVORS if f != inst.flavor.as_dict()]
+            return {"flavor": rng.choice(others)}
+        if action.public_name == "reboot":
+            return {"type": action.variant or "SOFT"}
+        if action.name == "live_migrate":
+            others = [h for h in self.hosts if h != inst.host]
+            return {"host": rng.choice(others)} if others and rng.random() < 0.5 else {}
+        if action.name == "lock":
+            return {"reason": "maintenance"}
+        return {}
+
+    async def walk(self, index: int, owner: RequestContext) -> None:
+        rng = self.rng
+        await anyio.sleep(rng.uniform(0, 600))
+        handle = await self._submit(
+            owner,
+            "create",
+            None,
+            {
+                "name": f"vm{index}",
+                "flavor": rng.choice(FLAVORS),
+                "image": "cirros",
+                "admin_pass": f"secret-{index}",
+                "metadata": {"role": "web"},
+            },
+        )
+        if handle is None:
+            self.progress.step()
+            return
+        uuid = handle.uuid
+        self.uuids.append(uuid)
+        await self._settle(handle)
+        for _ in range(ACTIONS_PER_INSTANCE):
+            await anyio.sleep(rng.expovariate(1 / 300))
+            inst = self.engine.get(uuid)
+            if inst.vm_state is VmState.DELETED:
+                break
+            choices = [
+                a
+                for a in self.actions
+                if a.name not in ("delete", "force_delete")
+                and inst.vm_state in a.allowed_vm_states()
+                and a.allows_task(inst.task_state)
+            ]
+            if not choices:
+                continue
+            action = rng.choice(choices)
+            ctx = ADMIN if action.rule is Rule.ADMIN else owner
+            first = await self._submit(ctx, action.public_name, uuid, self._params(action, uuid))
+            roll = rng.random()
+            if first is not None and roll < 0.05:
+                # a second, conflicting request while the first runs: refused, never queued
+                await self._settle(await self._submit(owner, "stop", uuid, {}))
+            elif first is not None and roll < 0.08:
+                await anyio.sleep(0.5)
+                await self._settle(await self._submit(owner, "delete", uuid, {}))
+            await self._settle(first)
+        if rng.random() < 0.3:
+            await self._settle(await self._submit(owner, "delete", uuid, {}))
+        self.progress.step()
+
+    async def chaos(self) -> None:
+        """Guest crashes and one host failure, evacuated by an admin."""
+        rng = self.rng
+        for _ in range(max(1, self.n // 20)):
+            await anyio.sleep(rng.uniform(300, 2400))
+            live = [u for u in self.uuids if self.engine.get(u).vm_state is VmState.ACTIVE]
+            if live:
+                self.driver.guest_event(rng.choice(live), rng.choice(("crash", "shutdown")))
+        victim = self.hosts[-1]
+        self.driver.host_down(victim)
+        await anyio.sleep(60)
+        for inst in self.engine.instances(host=victim):
+            if inst.vm_state in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR):
+                await self._settle(await self._submit(ADMIN, "evacuate", inst.uuid, {}))
+        self.driver.host_up(victim)
+
+    async def run(self) -> float:
+        start = anyio.current_time()
+        async with self.engine, anyio.create_task_group() as tg:
+            for i in range(self.n):
+                owner = RequestContext(
+                    user_id=f"user{i % 7}",
+                    project_id=f"project{i % 5}",
+                    roles=frozenset({"member"}),
+                )
+                tg.start_soon(self.walk, i, owner)
+            tg.start_soon(self.chaos)
+        return anyio.current_time() - start
+
+
+def simulate(
+    *,
+    instances: int = 200,
+    seed: int = 0,
+    progress: TextIO | None = sys.stderr,
+    on_engine: Callable[[Engine], None] | None = None,
+) -> FleetReport:
+    """Run a fleet on virtual time and return what happened."""
+    fleet = _Fleet(instances, seed, _Progress(instances, progress))
+    if on_engine is not None:
+        on_engine(fleet.engine)
+    elapsed = run_virtual(fleet.run)
+    final = Counter(i.vm_state.value for i in fleet.engine.instances())
+    stuck = sum(1 for i in fleet.engine.instances() if i.task_state is not None)
+    return FleetReport(
+        instances=instances,
+        hosts=len(fleet.hosts),
+        seed=seed,
+        outcomes=fleet.outcomes,
+        notifications=fleet.counter.counts,
+        final_states=final,
+        latencies=fleet.latencies,
+        virtual_seconds=elapsed,
+        stuck=stuck,
+    )
