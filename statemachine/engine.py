@@ -190,7 +190,7 @@ class ActionHandle:
     result: ActionResult | None = None
     step: Step | None = None
     step_index: int = -1
-    started_events: bool = False
+    open_phases: set[str] = attrs.field(factory=set)
     preempted_by: str | None = None
     interrupt: IsmError | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
@@ -272,6 +272,7 @@ class Engine:
         self._idle = anyio.Event()
         self._idle.set()
         self._armed: dict[tuple[str, str], TimerHandle] = {}
+        self._chained: dict[str, str] = {}
         self._user_data_by_uuid: dict[str, str] = {}
         self._watchers: list[MemoryObjectSendStream[StateChange | WatchOverflow]] = []
         self._waiters: dict[str, list[tuple[Callable[[Instance], bool], anyio.Event]]] = {}
@@ -613,7 +614,7 @@ class Engine:
         )
         await self._store.swap(inst, new)
         handle.inst = new
-        if running is not None:
+        if running is not None and action.concurrency is not Concurrency.EXCLUSIVE:
             self._preempt(running, by=action.public_name, current=inst)
         self._committed(inst, new, handle)
         self._start(handle, running_slot=True)
@@ -704,7 +705,7 @@ class Engine:
         """End ``victim``: it emits its ``.error`` now (so every ``.start`` has an end), then
         its scope is cancelled; its next compare-and-swap would fail anyway."""
         victim.preempted_by = by
-        if victim.started_events:
+        if victim.open_phases:
             err = ActionPreempted(victim.name, victim.uuid, by)
             self._emit(
                 f"{victim.action.error_event(victim.step)}.error",
@@ -724,6 +725,11 @@ class Engine:
         try:
             with handle.scope:
                 error = await self._run_steps(handle)
+            if self._running.get(handle.uuid) is handle:
+                del self._running[handle.uuid]
+            chained = self._chained.pop(handle.uuid, None)
+            if chained is not None:
+                await self._system_action(chained, handle.uuid, "timed transition")
             if handle.preempted_by is not None:
                 outcome = Outcome.PREEMPTED
                 error = ActionPreempted(handle.name, handle.uuid, handle.preempted_by)
@@ -879,6 +885,7 @@ class Engine:
         failed = ActionFailed(action.name, handle.uuid, _step_name(step), scrub(str(exc)))
         failed.__cause__ = exc
         if action.concurrency is Concurrency.FREE:
+            await self._commit(handle, None, None, {"fault": fault})
             return failed
         path = action.error_path(step)
         to = path.to
@@ -964,10 +971,9 @@ class Engine:
             for _ in range(8):  # bounded: retries only when a FREE change slipped in between
                 current = self._store.get(handle.uuid)
                 expected_task = handle.inst.task_state
-                owner = handle.id if handle.action.concurrency is not Concurrency.FREE else None
-                if current.task_state != expected_task or (
-                    owner is not None and current.action_id != owner
-                ):
+                free = handle.action.concurrency is Concurrency.FREE
+                owner = None if free else handle.id
+                if not free and (current.task_state != expected_task or current.action_id != owner):
                     cls = (
                         UnexpectedDeletingTaskState
                         if current.task_state is TaskState.DELETING
@@ -1017,7 +1023,11 @@ class Engine:
         self, event: str, inst: Instance, handle: ActionHandle, *, fault: Fault | None = None
     ) -> None:
         if event.endswith(".start"):
-            handle.started_events = True
+            handle.open_phases.add(event[:-6])
+        elif event.endswith(".end"):
+            handle.open_phases.discard(event[:-4])
+        elif event.endswith(".error"):
+            handle.open_phases.clear()
         self._notifier.emit(event, inst, ctx=handle.ctx, fault=fault, extra=handle.extra)
         self._notifications += 1
 
@@ -1034,7 +1044,11 @@ class Engine:
                 armed = None
             if wanted and armed is None:
                 delay = timed.delay(self.config.option(timed.option))
-                if delay is not None:
+                if delay == 0 and timed.action is not None:
+                    # "now" (shelved_offload_time 0): the committing action chains it before
+                    # it ends, so no observer sees the instance idle in between
+                    self._chained[inst.uuid] = timed.action
+                elif delay is not None:
                     self._armed[key] = self._timers.call_at(
                         anyio.current_time() + delay,
                         lambda u=inst.uuid, t=timed: self._fire(u, t),

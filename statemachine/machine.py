@@ -84,16 +84,17 @@ class LifecycleMachine:
                 this means a bug, and nothing is changed.
         """
         cursor = _Cursor(state_name(source))
+        wanted = state_name(dest)
         event = self._events.get(trigger)
         if event is None:
             raise LifecycleError(f"no trigger {trigger!r} in the lifecycle")
         try:
-            ok = event.trigger(cursor, dest=state_name(dest))
+            ok = event.trigger(cursor, dest=wanted)
         except MachineError as exc:
             raise LifecycleError(
                 f"{trigger!r} is not allowed from {state_name(source)!r}: {exc.value}"
             ) from None
-        if not ok:
+        if not ok or cursor.state != wanted:
             raise LifecycleError(
                 f"{trigger!r} cannot lead from {state_name(source)!r} to {state_name(dest)!r}"
             )

@@ -1,0 +1,272 @@
+"""Versioned notifications in Nova's names and shapes, built from allow-lists.
+
+Envelope: ``event_type``, ``priority``, ``publisher_id``, ``timestamp``, ``message_id``,
+``payload`` (``{<ns>_object.name, .namespace, .version, .data}``) and ism's ``sequence``, a
+per-instance counter so consumers can order one instance's events. Every payload field is
+named below; nothing else about an instance can be emitted (no admin password, no user_data, no
+private key: they are absent by construction, as in Nova). Fault messages are scrubbed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from .model import Fault, Flavor, Instance, RequestContext
+from .redact import redact_metadata, scrub
+
+if TYPE_CHECKING:
+    from .sinks import Sink
+
+__all__ = ["PAYLOAD_CLASSES", "Notification", "Notifier", "NotifySettings"]
+
+
+@attrs.frozen(kw_only=True)
+class NotifySettings:
+    """How notifications look: ``namespace`` "nova" emits ``nova_object.*`` keys and
+    ``nova-compute:<host>`` publishers, for consumers written against Nova."""
+
+    namespace: Literal["ism", "nova"] = "ism"
+    notify_on_state_change: Literal["vm_state", "vm_and_task_state"] | None = None
+    include_traceback: bool = False
+
+
+@attrs.frozen
+class Notification:
+    """One emitted notification."""
+
+    event_type: str
+    priority: str
+    publisher_id: str
+    timestamp: str
+    message_id: str
+    payload: Mapping[str, Any]
+    sequence: int
+    instance_uuid: str
+
+    def envelope(self) -> dict[str, Any]:
+        """The JSON-serializable envelope, as a consumer receives it."""
+        return {
+            "event_type": self.event_type,
+            "priority": self.priority,
+            "publisher_id": self.publisher_id,
+            "timestamp": self.timestamp,
+            "message_id": self.message_id,
+            "payload": self.payload,
+            "sequence": self.sequence,
+        }
+
+
+# event (without "instance.") prefix → payload class, version, extra allow-listed fields
+PAYLOAD_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "create": ("InstanceCreatePayload", "1.13", ("fault",)),
+    "resize_prep": ("InstanceActionResizePrepPayload", "1.4", ("fault", "new_flavor")),
+    "rescue": ("InstanceActionRescuePayload", "1.4", ("fault", "rescue_image_ref")),
+    "rebuild": ("InstanceActionRebuildPayload", "1.10", ("fault",)),
+    "snapshot": ("InstanceActionSnapshotPayload", "1.10", ("fault", "snapshot_image_id")),
+    "update": ("InstanceUpdatePayload", "2.1", ()),
+    "exists": ("InstanceExistsPayload", "2.1", ()),
+}
+DEFAULT_PAYLOAD = ("InstanceActionPayload", "1.9", ("fault",))
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Notifier:
+    """Builds notifications and hands each to every sink, synchronously and in order.
+
+    Sink errors propagate: emission is part of the state change, and a sink that cannot take a
+    notification must not be silently skipped.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: NotifySettings,
+        sinks: Sequence[Sink],
+        wall: Callable[[], dt.datetime],
+        new_id: Callable[[], str],
+        service_host: str = "ism",
+    ) -> None:
+        self.settings = settings
+        self.sinks = list(sinks)
+        self._wall = wall
+        self._new_id = new_id
+        self._service_host = service_host
+        ns = settings.namespace
+        self._keys = (f"{ns}_object.name", f"{ns}_object.namespace", f"{ns}_object.version",
+                      f"{ns}_object.data")  # fmt: skip
+        self._publisher = "nova-compute" if ns == "nova" else "ism-compute"
+        self._sequence: dict[str, int] = {}
+        self._flavors: dict[Flavor, dict[str, Any]] = {}
+
+    def _object(self, name: str, version: str, data: dict[str, Any]) -> dict[str, Any]:
+        k_name, k_ns, k_version, k_data = self._keys
+        return {k_name: name, k_ns: self.settings.namespace, k_version: version, k_data: data}
+
+    def _flavor(self, flavor: Flavor) -> dict[str, Any]:
+        cached = self._flavors.get(flavor)
+        if cached is None:
+            cached = self._object("FlavorPayload", "1.4", {
+                "flavorid": flavor.flavorid, "name": flavor.name or flavor.flavorid,
+                "memory_mb": flavor.memory_mb, "vcpus": flavor.vcpus, "root_gb": flavor.root_gb,
+                "ephemeral_gb": flavor.ephemeral_gb, "swap": flavor.swap, "rxtx_factor": 1.0,
+                "vcpu_weight": 0, "disabled": False, "is_public": True, "extra_specs": {},
+                "projects": None, "description": None,
+            })  # fmt: skip
+            if len(self._flavors) < 1024:
+                self._flavors[flavor] = cached
+        return cached
+
+    def _fault(self, fault: Fault) -> dict[str, Any]:
+        return self._object("ExceptionPayload", "1.1", {
+            "module_name": fault.module_name,
+            "function_name": fault.function_name,
+            "exception": fault.exception,
+            "exception_message": scrub(fault.message),
+            "traceback": fault.traceback if self.settings.include_traceback else None,
+        })  # fmt: skip
+
+    def _instance(self, inst: Instance, ctx: RequestContext | None) -> dict[str, Any]:
+        human = ctx is not None and not ctx.is_system
+        return {
+            "uuid": inst.uuid,
+            "user_id": inst.user_id,
+            "tenant_id": inst.project_id,
+            "reservation_id": None,
+            "display_name": inst.name,
+            "display_description": None,
+            "host_name": inst.name,
+            "host": inst.host,
+            "node": inst.host,
+            "os_type": None,
+            "architecture": None,
+            "availability_zone": None,
+            "flavor": self._flavor(inst.flavor),
+            "image_uuid": inst.image,
+            "key_name": inst.key_name,
+            "kernel_id": "",
+            "ramdisk_id": "",
+            "created_at": _time(inst.created_at),
+            "launched_at": _time(inst.launched_at),
+            "terminated_at": _time(inst.terminated_at),
+            "deleted_at": _time(inst.deleted_at),
+            "updated_at": _time(inst.updated_at),
+            "state": inst.vm_state.value,
+            "power_state": inst.power_state.label,
+            "task_state": inst.task_state.value if inst.task_state is not None else None,
+            "progress": 0,
+            "ip_addresses": [],
+            "block_devices": None,
+            "metadata": redact_metadata(inst.metadata),
+            "locked": inst.locked,
+            "auto_disk_config": "MANUAL",
+            "request_id": ctx.request_id if human and ctx is not None else None,
+            "action_initiator_user": ctx.user_id if ctx is not None else None,
+            "action_initiator_project": ctx.project_id if ctx is not None else None,
+            "locked_reason": inst.locked_reason,
+            "shares": None,
+        }
+
+    def _payload(
+        self,
+        base: str,
+        inst: Instance,
+        ctx: RequestContext | None,
+        fault: Fault | None,
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        name, version, fields = PAYLOAD_CLASSES.get(base, DEFAULT_PAYLOAD)
+        data = self._instance(inst, ctx)
+        if "fault" in fields:
+            data["fault"] = self._fault(fault) if fault is not None else None
+        if base == "create":
+            data["keypairs"] = (
+                [self._object("KeypairPayload", "1.0", {
+                    "user_id": inst.user_id, "name": inst.key_name, "fingerprint": None,
+                    "public_key": None, "type": "ssh",
+                })] if inst.key_name else []
+            )  # fmt: skip
+            data["tags"] = []
+            data["trusted_image_certificates"] = None
+            data["instance_name"] = f"instance-{inst.uuid[:8]}"
+        if "new_flavor" in fields:
+            new = extra.get("new_flavor")
+            data["new_flavor"] = self._flavor(new) if isinstance(new, Flavor) else None
+        if "rescue_image_ref" in fields:
+            data["rescue_image_ref"] = extra.get("rescue_image_ref")
+        if "snapshot_image_id" in fields:
+            data["snapshot_image_id"] = extra.get("snapshot_image_id")
+        if base == "rebuild":
+            data["trusted_image_certificates"] = None
+        if base in ("update", "exists"):
+            data["audit_period"] = self._object("AuditPeriodPayload", "1.0", {
+                "audit_period_beginning": _time(inst.created_at),
+                "audit_period_ending": _time(inst.updated_at),
+            })  # fmt: skip
+        return self._object(name, version, data)
+
+    def emit(
+        self,
+        event: str,
+        instance: Instance,
+        *,
+        ctx: RequestContext | None = None,
+        fault: Fault | None = None,
+        extra: Mapping[str, Any] | None = None,
+        state_update: Mapping[str, Any] | None = None,
+    ) -> Notification:
+        """Build ``instance.<event>`` and send it to every sink."""
+        base = event.rsplit(".", 1)[0] if event.endswith((".start", ".end", ".error")) else event
+        payload = self._payload(base, instance, ctx, fault, extra or {})
+        if state_update is not None:
+            data = payload[self._keys[3]]
+            data["state_update"] = self._object(
+                "InstanceStateUpdatePayload", "1.0", dict(state_update)
+            )
+            data["old_display_name"] = None
+            data["tags"] = []
+        seq = self._sequence.get(instance.uuid, 0) + 1
+        self._sequence[instance.uuid] = seq
+        notification = Notification(
+            event_type=f"instance.{event}",
+            priority="ERROR" if fault is not None else "INFO",
+            publisher_id=f"{self._publisher}:{instance.host or self._service_host}",
+            timestamp=self._wall().strftime("%Y-%m-%d %H:%M:%S.%f"),
+            message_id=self._new_id(),
+            payload=payload,
+            sequence=seq,
+            instance_uuid=instance.uuid,
+        )
+        for sink in self.sinks:
+            sink.send(notification)
+        return notification
+
+    def emit_update(
+        self, old: Instance, new: Instance, ctx: RequestContext | None
+    ) -> Notification | None:
+        """``instance.update`` for a committed change, as ``notify_on_state_change`` says."""
+        mode = self.settings.notify_on_state_change
+        if mode is None:
+            return None
+        changed = old.vm_state is not new.vm_state or (
+            mode == "vm_and_task_state" and old.task_state != new.task_state
+        )
+        if not changed:
+            return None
+        return self.emit(
+            "update",
+            new,
+            ctx=ctx,
+            state_update={
+                "old_state": old.vm_state.value,
+                "state": new.vm_state.value,
+                "old_task_state": old.task_state.value if old.task_state else None,
+                "new_task_state": new.task_state.value if new.task_state else None,
+            },
+        )

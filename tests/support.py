@@ -1,0 +1,91 @@
+"""Shared helpers for the engine's tests: a world on virtual time, contexts, flavors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec
+
+import attrs
+
+from drivers.simulator import LatencyModel, SimulatorDriver
+from statemachine.clock import VirtualClock, run_virtual
+from statemachine.config import Config
+from statemachine.engine import ActionResult, Engine, StepHook
+from statemachine.model import RequestContext
+from statemachine.sinks import MemoryCapture
+
+P = ParamSpec("P")
+
+OWNER = RequestContext(user_id="u1", project_id="p1", roles=frozenset({"member"}))
+OTHER = RequestContext(user_id="u2", project_id="p2", roles=frozenset({"member"}))
+ADMIN = RequestContext(user_id="ops", project_id="p0", roles=frozenset({"admin"}))
+SMALL = {"vcpus": 1, "memory_mb": 512, "root_gb": 1}
+LARGE = {"vcpus": 2, "memory_mb": 1024, "root_gb": 2}
+
+
+def virtual(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an async test on a fresh virtual-time loop (no plugin needed, deterministic)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        run_virtual(functools.partial(fn, *args, **kwargs))
+
+    return wrapper
+
+
+@attrs.define
+class World:
+    """An engine on the simulator with every notification captured."""
+
+    engine: Engine
+    sim: SimulatorDriver
+    capture: MemoryCapture
+
+    async def create(self, name: str = "vm1", ctx: RequestContext = OWNER, **params: Any) -> str:
+        """Create an instance (SMALL, cirros unless given) and return its uuid."""
+        params.setdefault("flavor", SMALL)
+        params.setdefault("image", "cirros")
+        result = await self.engine.create(ctx, name=name, **params)
+        assert isinstance(result, ActionResult)
+        return result.instance.uuid
+
+    def events(self, uuid: str | None = None, *, updates: bool = False) -> list[str]:
+        """Event types (without ``instance.``), optionally of one instance, in emission order."""
+        out = []
+        for n in self.capture.notifications:
+            if uuid is not None and n.instance_uuid != uuid:
+                continue
+            if not updates and n.event_type == "instance.update":
+                continue
+            out.append(n.event_type.removeprefix("instance."))
+        return out
+
+    def clear(self) -> None:
+        """Forget the notifications captured so far."""
+        self.capture.clear()
+
+
+@asynccontextmanager
+async def world(
+    *,
+    hosts: Sequence[str] = ("compute1", "compute2"),
+    config: Config | None = None,
+    hooks: Sequence[StepHook] = (),
+    seed: int = 0,
+    latency: LatencyModel | None = None,
+) -> AsyncIterator[World]:
+    """A running engine on a simulated fleet; leaves it cleanly."""
+    sim = SimulatorDriver(hosts=hosts, seed=seed, latency=latency)
+    capture = MemoryCapture(maxlen=None)
+    engine = Engine(
+        sim,
+        config=config or Config(),
+        sinks=[capture],
+        clock=VirtualClock(),
+        seed=seed,
+        hooks=hooks,
+    )
+    async with engine:
+        yield World(engine, sim, capture)
