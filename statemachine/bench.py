@@ -201,7 +201,7 @@ def run_bench(*, instances: int = 10_000, repeat: int = 3, json_out: Path | None
     ism = [r for r, _ in ism_runs]
 
     def med(rows: list[BenchResult], field: str) -> float:
-        return statistics.median(getattr(r, field) for r in rows)
+        return float(statistics.median(float(getattr(r, field)) for r in rows))
 
     figures = {
         "instances": instances,

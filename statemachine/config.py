@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import attrs
@@ -21,7 +21,7 @@ def _number(_: object, attribute: attrs.Attribute[float], value: float) -> None:
         raise InvalidRequest(f"{attribute.name} is out of range: {value!r}")
 
 
-def _bounded(low: int, high: int) -> object:
+def _bounded(low: int, high: int) -> Callable[[object, attrs.Attribute[int], int], None]:
     def check(_: object, attribute: attrs.Attribute[int], value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidRequest(f"{attribute.name} must be an integer in [{low}, {high}]")
@@ -44,11 +44,11 @@ class Config:
         default="ism", validator=attrs.validators.in_(("ism", "nova"))
     )
     include_traceback: bool = False
-    resize_confirm_window: float = attrs.field(default=0, validator=_number)
-    shelved_offload_time: float = attrs.field(default=0, validator=_number)
-    reclaim_instance_interval: float = attrs.field(default=0, validator=_number)
-    instance_build_timeout: float = attrs.field(default=0, validator=_number)
-    shutdown_timeout: float = attrs.field(default=60, validator=_number)
+    resize_confirm_window: float = attrs.field(default=0.0, validator=_number)
+    shelved_offload_time: float = attrs.field(default=0.0, validator=_number)
+    reclaim_instance_interval: float = attrs.field(default=0.0, validator=_number)
+    instance_build_timeout: float = attrs.field(default=0.0, validator=_number)
+    shutdown_timeout: float = attrs.field(default=60.0, validator=_number)
     allow_resize_to_same_host: bool = True
     handle_virt_lifecycle_events: bool = True
     service_host: str = "ism"

@@ -14,6 +14,7 @@ path, so once nothing runs no instance is left in a transient state.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import random
@@ -1000,6 +1001,7 @@ class Engine:
                 self._committed(current, new, handle)
                 return new
             raise Conflict(handle.uuid, {"version": "stable"}, {"version": "changing"})
+        raise AssertionError("unreachable: a shielded scope does not swallow exceptions")
 
     def _committed(self, old: Instance | None, new: Instance, handle: ActionHandle | None) -> None:
         """Everything that follows a commit, synchronously: placement, timers, notify, watch."""
@@ -1051,7 +1053,7 @@ class Engine:
                 elif delay is not None:
                     self._armed[key] = self._timers.call_at(
                         anyio.current_time() + delay,
-                        lambda u=inst.uuid, t=timed: self._fire(u, t),
+                        functools.partial(self._fire, inst.uuid, timed),
                     )
 
     def _fire(self, uuid: str, timed: TimedTransition) -> None:

@@ -15,6 +15,7 @@ machine's callbacks.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from transitions import Machine, MachineError
 from transitions.core import EventData
@@ -34,7 +35,7 @@ class _Cursor:
         self.state = state
 
 
-def _dest_is(name: str) -> object:
+def _dest_is(name: str) -> Callable[[EventData], bool]:
     def check(event: EventData) -> bool:
         return bool(event.kwargs.get("dest") == name)
 
@@ -61,7 +62,7 @@ class LifecycleMachine:
         )
         for t in self.transitions:
             dest = None if t.kind == "internal" else state_name(t.dest)
-            conditions = (
+            conditions: list[str | Callable[..., bool | None]] = (
                 [_dest_is(state_name(t.dest))] if fan_out[(t.trigger, t.source)] > 1 else []
             )
             self._machine.add_transition(

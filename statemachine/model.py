@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -79,13 +79,17 @@ class Flavor:
         return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "root_gb": self.root_gb}
 
 
+def _roles(roles: Iterable[str]) -> frozenset[str]:
+    return frozenset(roles)
+
+
 @attrs.frozen
 class RequestContext:
     """Who asks: user, project, roles, and the request id that ties notifications to the request."""
 
     user_id: str
     project_id: str
-    roles: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    roles: frozenset[str] = attrs.field(default=frozenset(), converter=_roles)
     request_id: str | None = None
     is_system: bool = False
 

@@ -87,7 +87,8 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
         try:
             data = json.loads(Path(source).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            raise ScenarioError(f"cannot read {source}: {exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) else None
+            raise ScenarioError(f"cannot read {source}: {reason or exc}") from None
         except json.JSONDecodeError as exc:
             raise ScenarioError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
     if not isinstance(data, Mapping):

@@ -32,7 +32,7 @@ from .states import VmState
 
 __all__ = ["FleetReport", "simulate"]
 
-FLAVORS = (
+FLAVORS: tuple[dict[str, int], ...] = (
     {"vcpus": 1, "memory_mb": 512, "root_gb": 1},
     {"vcpus": 2, "memory_mb": 2048, "root_gb": 20},
     {"vcpus": 4, "memory_mb": 8192, "root_gb": 40},
@@ -199,8 +199,8 @@ class _Fleet:
         if action.public_name == "reboot":
             return {"type": action.variant or "SOFT"}
         if action.name == "live_migrate":
-            others = [h for h in self.hosts if h != inst.host]
-            return {"host": rng.choice(others)} if others and rng.random() < 0.5 else {}
+            hosts = [h for h in self.hosts if h != inst.host]
+            return {"host": rng.choice(hosts)} if hosts and rng.random() < 0.5 else {}
         if action.name == "lock":
             return {"reason": "maintenance"}
         return {}

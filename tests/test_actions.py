@@ -27,7 +27,7 @@ async def _prepare(w: World, setup: list[str]) -> str:
     return uuid
 
 
-SUCCESS = [
+SUCCESS: list[tuple[str, dict[str, Any], list[str], list[str], tuple[str, str]]] = [
     # action, params, setup, events, (vm_state, power_state)
     ("stop", {}, [], ["power_off.start", "power_off.end"], ("stopped", "shutdown")),
     ("start", {}, ["stop"], ["power_on.start", "power_on.end"], ("active", "running")),
@@ -221,7 +221,9 @@ async def test_evacuate_rebuilds_on_another_host() -> None:
         assert (result.instance.host, result.instance.vm_state.value) == ("compute2", "active")
 
 
-FAILURES = [
+FAILURES: list[
+    tuple[str, dict[str, Any], list[str] | None, tuple[str, str | None], list[str], str]
+] = [
     # action, params, setup, fault (action, step), events, final (vm_state, task_state)
     ("create", {}, None, ("create", "spawning"), ["create.start", "create.error"], "error"),
     ("stop", {}, [], ("stop", "powering-off"), ["power_off.start", "power_off.error"], "active"),

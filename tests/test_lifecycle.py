@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 
@@ -125,7 +127,7 @@ def test_no_dead_end_but_deleted() -> None:
             assert state in sources, state_name(state)
 
 
-def _broken(**changes: object) -> None:
+def _broken(**changes: Any) -> None:
     actions = tuple(attrs.evolve(a, **changes) if a.name == "pause" else a for a in LC.actions)
     attrs.evolve(LC, actions=actions).validate()
 
