@@ -167,6 +167,9 @@ class EngineStatistics:
     accepted: int
     refused: int
     outcomes: Mapping[str, int]
+    by_action: Mapping[str, Mapping[str, int]]
+    """Outcomes (``ok``, ``failed``, ``preempted``, ``refused``) per action, the engine's own
+    (timed transitions, power sync) included."""
     state_changes: int
     notifications: int
     timers_armed: int
@@ -282,6 +285,7 @@ class Engine:
         self._accepted = 0
         self._refused = 0
         self._outcomes: dict[str, int] = {}
+        self._by_action: dict[str, dict[str, int]] = {}
         self._changes = 0
         self._notifications = 0
         self._hosts_cache: dict[str, bool] = {}
@@ -391,6 +395,10 @@ class Engine:
         """The action that owns the instance's task_state, if one runs."""
         return self._running.get(uuid)
 
+    def _count(self, action: str, outcome: str) -> None:
+        row = self._by_action.setdefault(action, {})
+        row[outcome] = row.get(outcome, 0) + 1
+
     def statistics(self) -> EngineStatistics:
         """A frozen snapshot of counters and sizes."""
         by_state: dict[str, int] = {}
@@ -405,6 +413,7 @@ class Engine:
             accepted=self._accepted,
             refused=self._refused,
             outcomes=dict(self._outcomes),
+            by_action={k: dict(v) for k, v in self._by_action.items()},
             state_changes=self._changes,
             notifications=self._notifications,
             timers_armed=self._timers.statistics().armed,
@@ -509,6 +518,7 @@ class Engine:
             return await self._accept(ctx, action, instance, dict(params or {}))
         except ActionRefused:
             self._refused += 1
+            self._count(action, "refused")
             raise
 
     # -- acceptance -----------------------------------------------------------------------
@@ -592,12 +602,6 @@ class Engine:
             handle = self._new_handle(action, inst, ctx, params)
             self._start(handle, running_slot=False)
             return handle
-        if (
-            running is not None
-            and action.concurrency is Concurrency.PREEMPTS
-            and running.action.concurrency is Concurrency.PREEMPTS
-        ):
-            raise Conflict(uuid, {"task_state": "not deleting"}, {"task_state": inst.task_state})
         if action.concurrency is Concurrency.JOINS:
             step = running.step if running is not None else None
             if running is None or step is None or action.name not in step.accepts:
@@ -763,6 +767,7 @@ class Engine:
                 ended_at=anyio.current_time(),
             )
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+            self._count(handle.name, outcome)
             handle.done.set()
             self._active -= 1
             if self._active == 0:

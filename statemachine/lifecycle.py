@@ -61,6 +61,9 @@ ALLOW_REBOOT: frozenset[T | None] = frozenset(
 RESIZING_STATES = frozenset({T.RESIZE_PREP, T.RESIZE_MIGRATING, T.RESIZE_MIGRATED, T.RESIZE_FINISH})
 REBUILD_STATES = frozenset({T.REBUILDING, T.REBUILD_BLOCK_DEVICE_MAPPING, T.REBUILD_SPAWNING})
 IDLE: frozenset[T | None] = frozenset({None})
+NOT_DELETING: frozenset[T | None] = frozenset({None, *T}) - {T.DELETING, T.SOFT_DELETING}
+"""A delete is accepted in any task_state but its own: Nova ignores a delete of an instance
+already deleting or soft-deleting; ism refuses it (InvalidState), which says so to the caller."""
 
 # -- deadlines (seconds) --------------------------------------------------------------------
 # A step's deadline bounds its driver call. Power-off waits up to shutdown_timeout (60 s) for
@@ -175,7 +178,7 @@ ACTIONS: tuple[Action, ...] = (
         target=Target(to=V.DELETED),
         on_error=TO_ERROR,
         vm_states=None,
-        task_states=None,
+        task_states=NOT_DELETING,
         concurrency=Concurrency.PREEMPTS,
         must_have_launched=False,
         power_after=PowerState.NOSTATE,
@@ -188,7 +191,7 @@ ACTIONS: tuple[Action, ...] = (
         target=Target(to=V.DELETED),
         on_error=TO_ERROR,
         vm_states=None,
-        task_states=None,
+        task_states=NOT_DELETING,
         rule=Rule.ADMIN,
         concurrency=Concurrency.PREEMPTS,
         must_have_launched=False,
@@ -204,7 +207,7 @@ ACTIONS: tuple[Action, ...] = (
         ),
         to=V.SOFT_DELETED,
         deadline=POWER_OFF,
-        task_states=None,
+        task_states=NOT_DELETING,
         concurrency=Concurrency.PREEMPTS,
         doc="Power off and keep the instance for reclaim_instance_interval; restore brings it "
         "back. ism departs from Nova by refusing it on shelved_offloaded and building "

@@ -9,22 +9,34 @@ while another preempts, takes over or joins it. :func:`run_path` replays a path 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import anyio
 import attrs
 
+from drivers.base import Driver
+
 from ._schema import Action, Concurrency, ErrorTo, Lifecycle, Precondition, Transition, state_name
-from .engine import Engine, StepInfo
-from .errors import ActionFailed, ActionPreempted
+from .clock import VirtualClock
+from .config import Config
+from .engine import ActionHandle, Engine, StepInfo
+from .errors import ActionFailed
 from .model import SYSTEM_CONTEXT, RequestContext
 from .states import VmState
 
-__all__ = ["CoveringPath", "PathStep", "covering_paths", "run_path"]
+__all__ = [
+    "CoveringPath",
+    "PathStep",
+    "SimulatorControl",
+    "covering_paths",
+    "run_path",
+    "transitions_of",
+]
 
 OWNER = RequestContext(user_id="paths", project_id="paths", roles=frozenset({"member"}))
+ADMIN = RequestContext(user_id="paths-admin", project_id="ops", roles=frozenset({"admin"}))
 FLAVORS = (
     {"vcpus": 1, "memory_mb": 512, "root_gb": 1},
     {"vcpus": 2, "memory_mb": 1024, "root_gb": 2},
@@ -40,6 +52,9 @@ class PathStep:
     action: str
     fail: int | None = None
     hold: int | None = None
+    guest: Literal["crash", "run"] | None = None
+    """With ``fail``: crash the guest, or have it running, just before the step fails (the
+    error path of a reboot depends on whether the guest still runs)."""
 
 
 @attrs.frozen
@@ -129,7 +144,9 @@ def _holder(lc: Lifecycle, node: _Node, task: object, joiner: str | None) -> Pat
         if not _ok(action, node):
             continue
         for i, step in enumerate(action.steps):
-            if step.task_state == task and (joiner is None or joiner in step.accepts):
+            if (task is None or step.task_state == task) and (
+                joiner is None or joiner in step.accepts
+            ):
                 return PathStep(action.name, hold=i)
     return None
 
@@ -144,29 +161,49 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
         action = lc.action(t.action)
         vm, task = t.source
         plan: tuple[PathStep, ...] | None = None
-        for node, path in ordered:
+        if vm is lc.initial[0] and not action.creates:
+            # the only way into building/*: a create held at one of its steps
+            tasks = [s.task_state for s in create.steps]
+            fail = t.step if t.kind == "fail" else None
+            if t.kind not in ("accept", "internal") or task in tasks:
+                index = tasks.index(task) if t.kind in ("accept", "internal") else 0
+                plan = (PathStep(create.name, hold=index), PathStep(action.name, fail=fail))
+            else:  # another action took the build over (a delete): hold that one too
+                building = _Node(vm, None, False, False, False)
+                holder = _holder(lc, building, task, None)
+                if holder is not None:
+                    plan = (PathStep(create.name, hold=0), holder, PathStep(action.name))
+        for node, path in [] if plan is not None else ordered:
             if node.vm is not vm:
                 continue
             if action.creates:
                 break
-            if t.kind in ("accept", "internal") and task is not None:
-                holder = _holder(
-                    lc, node, task, action.name if action.concurrency is Concurrency.JOINS else None
-                )
-                if holder is not None and _ok_ignoring_task(action, node):
+            joins = action.concurrency is Concurrency.JOINS
+            if joins or (t.kind in ("accept", "internal") and task is not None):
+                holder = _holder(lc, node, None if joins else task, action.name if joins else None)
+                if holder is None or not _ok_ignoring_task(action, node):
+                    continue
+                if t.kind == "fail":
+                    assert t.step is not None
+                    if _after_failure(action, t.step, node).vm is t.dest[0]:
+                        plan = (*path, holder, PathStep(action.name, fail=t.step))
+                else:
                     plan = (*path, holder, PathStep(action.name))
             elif t.kind in ("accept", "internal", "advance", "done"):
                 if _ok(action, node) and (
                     t.kind != "done" or action.target.resolve(vm, node.prior) is t.dest[0]
                 ):
                     plan = (*path, PathStep(action.name))
-            elif (
-                t.kind == "fail"
-                and t.step is not None
-                and _ok(action, node)
-                and _after_failure(action, t.step, node).vm is t.dest[0]
-            ):
-                plan = (*path, PathStep(action.name, fail=t.step))
+            elif t.kind == "fail" and t.step is not None and _ok(action, node):
+                path_to = action.error_path(action.steps[t.step]).to
+                if path_to is ErrorTo.ACTIVE_IF_RUNNING:
+                    # set the guest explicitly: whether it still runs decides the path
+                    guest: Literal["crash", "run"] = (
+                        "run" if t.dest[0] is VmState.ACTIVE else "crash"
+                    )
+                    plan = (*path, PathStep(action.name, fail=t.step, guest=guest))
+                elif _after_failure(action, t.step, node).vm is t.dest[0]:
+                    plan = (*path, PathStep(action.name, fail=t.step))
             if plan is not None:
                 break
         if action.creates:
@@ -174,7 +211,6 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
         if plan is None:
             raise LookupError(f"no path found for {t.trigger} {state_name(t.source)}")
         plans.setdefault(plan, []).append(t)
-    del create
     return [CoveringPath(steps=k, covers=tuple(v)) for k, v in plans.items()]
 
 
@@ -192,6 +228,7 @@ class _Director:
     def __init__(self) -> None:
         self.fail: tuple[str, int] | None = None
         self.hold: tuple[str, int] | None = None
+        self.before_fail: Callable[[], Awaitable[None]] | None = None
         self.held = anyio.Event()
         self.release = anyio.Event()
 
@@ -199,6 +236,8 @@ class _Director:
         key = (info.action if info.variant is None else f"{info.action}:{info.variant}", info.index)
         if self.fail is not None and key == self.fail:
             self.fail = None
+            if self.before_fail is not None:
+                await self.before_fail()
             raise RuntimeError(f"path: fail {key[0]} at step {key[1]}")
         if self.hold is not None and key == self.hold:
             self.hold = None
@@ -207,75 +246,118 @@ class _Director:
                 await self.release.wait()
 
 
-def _key(action: Action, index: int) -> tuple[str, int]:
-    name = (
+def _key(action: Action) -> str:
+    return (
         action.public_name if action.variant is None else f"{action.public_name}:{action.variant}"
     )
-    return name, index
+
+
+class SimulatorControl(Protocol):
+    """What a path needs from the hypervisor beyond the Driver protocol (the simulator has it)."""
+
+    def host_down(self, name: str) -> None: ...
+
+    def host_up(self, name: str) -> None: ...
+
+    def guest_event(self, uuid: str, kind: Literal["crash", "shutdown"]) -> None: ...
+
+
+Check = Callable[[Engine, str], Awaitable[None]]
 
 
 async def run_path(
-    make_engine: Callable[[Any], Awaitable[Engine]] | None,
+    path: CoveringPath,
+    *,
+    driver: Driver,
+    control: SimulatorControl,
+    check: Check | None = None,
+    config: Config | None = None,
+) -> Counter[tuple[str, str, str]]:
+    """Replay ``path`` on a fresh engine over ``driver``; return the transitions it applied.
+
+    ``check`` runs after the path with the engine and the instance's uuid, for assertions of
+    the caller's own (the engine is still running then).
+    """
+    director = _Director()
+    engine = Engine(driver, config=config or Config(), hooks=[director], clock=VirtualClock())
+    async with engine:
+        uuid = await _replay(engine, director, path, driver, control)
+        await engine.wait_idle(timeout=86400)
+        if check is not None:
+            await check(engine, uuid)
+    return engine.machine.applied
+
+
+async def _replay(
     engine: Engine,
     director: _Director,
     path: CoveringPath,
-    *,
-    set_host_up: Callable[[str, bool], None],
+    driver: Driver,
+    control: SimulatorControl,
 ) -> str:
-    """Replay ``path`` on ``engine`` (built with ``director`` as a hook); return the uuid."""
     lc = engine.lifecycle
     uuid: str | None = None
-    pending = None
+    held: list[ActionHandle] = []
     for step in path.steps:
         action = lc.action(step.action)
-        ctx = SYSTEM_CONTEXT if action.internal or action.rule.value == "admin" else OWNER
+        ctx = (
+            SYSTEM_CONTEXT if action.internal else ADMIN if action.rule.value == "admin" else OWNER
+        )
         params: dict[str, Any] = {}
         if action.creates:
             params = {"name": "path", "flavor": FLAVORS[0], "image": "cirros"}
         elif action.name == "resize":
-            params = {
-                "flavor": FLAVORS[1] if engine.get(uuid or "").flavor.vcpus == 1 else FLAVORS[0]
-            }
+            assert uuid is not None
+            small = engine.get(uuid).flavor.vcpus == FLAVORS[0]["vcpus"]
+            params = {"flavor": FLAVORS[1] if small else FLAVORS[0]}
         if action.variant is not None:
             params["type"] = action.variant
-        if step.fail is not None:
-            director.fail = _key(action, step.fail)
+        director.fail = (_key(action), step.fail) if step.fail is not None else None
+        director.before_fail = None
+        if step.guest is not None and uuid is not None:
+            director.before_fail = _guest_setter(engine, driver, control, uuid, step.guest)
         if step.hold is not None:
-            director.hold = _key(action, step.hold)
+            director.hold = (_key(action), step.hold)
             director.held = anyio.Event()
             director.release = anyio.Event()
         down = None
         if Precondition.HOST_DOWN in action.preconditions and uuid is not None:
             down = engine.get(uuid).host
-            assert down is not None
-            set_host_up(down, False)
+            if down is not None:
+                control.host_down(down)
         handle = await engine.submit(ctx, action.public_name, uuid, params)
         uuid = handle.uuid
         if step.hold is not None:
             with anyio.fail_after(3600):
                 await director.held.wait()
-            pending = handle
+            held.append(handle)
             continue
-        if pending is not None:
-            director.release.set()
-            pending = None
         result = await handle.wait()
+        director.release.set()
         if down is not None:
-            set_host_up(down, True)
-        if step.fail is None and not result.ok and not isinstance(result.error, ActionPreempted):
+            control.host_up(down)
+        if step.fail is None and not result.ok:
             raise AssertionError(f"{step.action} failed on a path: {result.error}")
         if step.fail is not None and not isinstance(result.error, ActionFailed):
             raise AssertionError(f"{step.action} did not fail at step {step.fail}: {result}")
-    await engine.wait_idle(timeout=3600)
+    for handle in held:
+        await handle.wait()
     assert uuid is not None
     return uuid
 
 
-def paths_director() -> _Director:
-    """A fresh step hook for :func:`run_path`."""
-    return _Director()
+def _guest_setter(
+    engine: Engine, driver: Driver, control: SimulatorControl, uuid: str, want: str
+) -> Callable[[], Awaitable[None]]:
+    async def set_guest() -> None:
+        if want == "crash":
+            control.guest_event(uuid, "crash")
+        else:
+            await driver.power_on(engine.get(uuid).guest())
+
+    return set_guest
 
 
-def transitions_of(paths: Iterable[CoveringPath]) -> set[Transition]:
-    """Every transition the paths were planned for."""
-    return {t for p in paths for t in p.covers}
+def transitions_of(paths: Iterable[CoveringPath]) -> set[tuple[str, str, str]]:
+    """The (trigger, source, dest) names the paths were planned to fire."""
+    return {(t.trigger, state_name(t.source), state_name(t.dest)) for p in paths for t in p.covers}

@@ -165,14 +165,10 @@ class _Fleet:
         self.engine = Engine(
             self.driver, config=self.config, sinks=[self.counter], clock=VirtualClock(), seed=seed
         )
-        self.outcomes: dict[str, Counter[str]] = {}
         self.latencies: list[float] = []
         self.uuids: list[str] = []
         self.progress = progress
         self.actions = _user_actions()
-
-    def _count(self, name: str, outcome: str) -> None:
-        self.outcomes.setdefault(name, Counter())[outcome] += 1
 
     async def _submit(
         self, ctx: RequestContext, name: str, uuid: str | None, params: dict[str, Any]
@@ -180,14 +176,12 @@ class _Fleet:
         try:
             return await self.engine.submit(ctx, name, uuid, params)
         except ActionRefused:
-            self._count(name, "refused")
             return None
 
     async def _settle(self, handle: ActionHandle | None) -> None:
         if handle is None:
             return
         result = await handle.wait()
-        self._count(handle.name, str(result.outcome))
         self.latencies.append(result.duration)
 
     def _params(self, action: Action, uuid: str) -> dict[str, Any]:
@@ -240,7 +234,8 @@ class _Fleet:
             ]
             if not choices:
                 continue
-            action = rng.choice(choices)
+            weights = [0.2 if a.name in ("lock", "unlock") else 1.0 for a in choices]
+            action = rng.choices(choices, weights)[0]
             ctx = ADMIN if action.rule is Rule.ADMIN else owner
             first = await self._submit(ctx, action.public_name, uuid, self._params(action, uuid))
             roll = rng.random()
@@ -303,7 +298,7 @@ def simulate(
         instances=instances,
         hosts=len(fleet.hosts),
         seed=seed,
-        outcomes=fleet.outcomes,
+        outcomes={name: Counter(row) for name, row in fleet.engine.statistics().by_action.items()},
         notifications=fleet.counter.counts,
         final_states=final,
         latencies=fleet.latencies,

@@ -92,14 +92,14 @@ async def test_delete_preempts_a_slow_action() -> None:
 
 
 @virtual
-async def test_second_delete_while_deleting_is_a_conflict() -> None:
-    """A delete does not preempt a delete: the second one is refused."""
+async def test_second_delete_while_deleting_is_refused() -> None:
+    """A delete does not preempt a delete: the second one is refused, naming the task."""
     async with world() as w:
         uuid = await w.create()
         w.sim.faults.add(FaultRule(action="delete", mode="hang"))
         first = await w.engine.submit(OWNER, "delete", uuid)
         await anyio.sleep(1)
-        with pytest.raises(Conflict):
+        with pytest.raises(InvalidState, match="task_state deleting"):
             await w.engine.submit(OWNER, "delete", uuid)
         first.scope.cancel()
         await first.wait()
