@@ -162,9 +162,7 @@ async def _ism_run(n: int) -> tuple[BenchResult, int]:
         latency=LatencyModel(scale=0.0),
     )
     capture = MemoryCapture(maxlen=None)
-    engine = Engine(
-        driver, sinks=[capture], config=Config(notify_on_state_change="vm_and_task_state")
-    )
+    engine = Engine(driver, sinks=[capture], config=Config())
 
     def adopt_all() -> Engine:
         probe = Engine(driver, config=Config())

@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, dest="json_out", metavar="FILE")
 
     sub.add_parser("states", help="list the lifecycle's states and actions")
+
+    diagram = sub.add_parser("diagram", help="print or regenerate the lifecycle diagram")
+    diagram.add_argument("--write", action="store_true", help="regenerate diagrams/")
+    diagram.add_argument("--check", action="store_true", help="exit 1 naming stale files")
+    diagram.add_argument("--root", type=Path, default=Path("."), help="repository root")
     return parser
 
 
@@ -119,10 +124,33 @@ def _states(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagram(args: argparse.Namespace) -> int:
+    from .diagrams import check_diagrams, mermaid_overview, write_diagrams
+    from .lifecycle import DEFAULT_LIFECYCLE
+
+    if args.check:
+        stale = check_diagrams(DEFAULT_LIFECYCLE, args.root)
+        for path in stale:
+            print(f"ism diagram: stale: {path} (run: ism diagram --write)", file=sys.stderr)
+        return 1 if stale else 0
+    if args.write:
+        for path in write_diagrams(DEFAULT_LIFECYCLE, args.root):
+            print(f"wrote {path}")
+        return 0
+    print(mermaid_overview(DEFAULT_LIFECYCLE), end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ism`` console script and ``python -m statemachine``."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "simulate": _simulate, "bench": _bench, "states": _states}
+    handlers = {
+        "run": _run,
+        "simulate": _simulate,
+        "bench": _bench,
+        "states": _states,
+        "diagram": _diagram,
+    }
     try:
         return handlers[args.command](args)
     except IsmError as exc:

@@ -74,7 +74,8 @@ DEFAULT_PAYLOAD = ("InstanceActionPayload", "1.9", ("fault",))
 
 
 def _time(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is C-fast where strftime is not; payload times are UTC, to the second
+    return None if value is None else value.isoformat(timespec="seconds")[:19] + "Z"
 
 
 class Notifier:
@@ -237,7 +238,7 @@ class Notifier:
             event_type=f"instance.{event}",
             priority="ERROR" if fault is not None else "INFO",
             publisher_id=f"{self._publisher}:{instance.host or self._service_host}",
-            timestamp=self._wall().strftime("%Y-%m-%d %H:%M:%S.%f"),
+            timestamp=self._wall().isoformat(" ", "microseconds")[:26],
             message_id=self._new_id(),
             payload=payload,
             sequence=seq,

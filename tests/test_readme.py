@@ -1,0 +1,75 @@
+"""The README's examples run, print what it says, and its diagram is the table's."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from statemachine.cli import main
+from statemachine.diagrams import mermaid_overview
+from statemachine.lifecycle import DEFAULT_LIFECYCLE
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
+
+
+def _examples() -> list[tuple[str, str]]:
+    pairs = []
+    for i, (lang, body) in enumerate(BLOCKS):
+        if lang == "python":
+            following = BLOCKS[i + 1] if i + 1 < len(BLOCKS) else ("", "")
+            assert following[0] == "text", "each python example is followed by its output"
+            pairs.append((body, following[1]))
+    return pairs
+
+
+def _commands() -> list[list[str]]:
+    return [
+        shlex.split(line[2:])[1:]
+        for lang, body in BLOCKS
+        if lang == "console"
+        for line in body.splitlines()
+        if line.startswith("$ ism ")
+    ]
+
+
+@pytest.mark.parametrize("example", _examples(), ids=lambda e: e[0].splitlines()[0][:40])
+def test_python_example_prints_what_the_readme_says(example: tuple[str, str]) -> None:
+    """Each Python example runs as written and prints exactly the text shown after it."""
+    code, expected = example
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert out.getvalue() == expected
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=lambda a: " ".join(a)[:40])
+def test_console_example_succeeds(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ``$ ism …`` line of the README exits 0."""
+    assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_readme_diagram_is_the_tables() -> None:
+    """The Mermaid overview in the README is the one generated from the lifecycle."""
+    blocks = [body for lang, body in BLOCKS if lang == "mermaid"]
+    assert blocks == [mermaid_overview(DEFAULT_LIFECYCLE)]
+
+
+def test_committed_diagram_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    """``ism diagram --check`` passes on the committed diagrams/."""
+    root = Path(__file__).parent.parent
+    assert main(["diagram", "--check", "--root", str(root)]) == 0, capsys.readouterr().err
+
+
+def test_two_commands_come_first() -> None:
+    """The README opens with exactly the two commands, and CI runs the test one."""
+    first = next(body for lang, body in BLOCKS if lang == "sh")
+    commands = [line.split("#")[0].strip() for line in first.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in ci
