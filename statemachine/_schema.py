@@ -127,7 +127,11 @@ class ErrorTo(enum.Enum):
 
 @attrs.frozen
 class ErrorPath:
-    """A failed step's way out: where it ends, an optional clean-up call, and its events."""
+    """A failed step's way out: where it ends, an optional clean-up call, and its events.
+
+    When the clean-up call fails too, the instance goes to ``error``: nothing else is known
+    to be true of it then.
+    """
 
     to: ErrorTo
     call: Call | None = None
@@ -436,7 +440,11 @@ def _action_edges(action: Action, source: State) -> Iterator[Transition]:
     for dest_vm in action.target.candidates(vm):
         yield Transition(trigger_name(name, "done"), (vm, tasks[-1]), (dest_vm, None), name, "done")
     for i, step in enumerate(action.steps):
-        for dest_vm in _error_dests(action.error_path(step).to, vm):
+        path = action.error_path(step)
+        dests = _error_dests(path.to, vm)
+        if path.call is not None and VmState.ERROR not in dests:
+            dests = (*dests, VmState.ERROR)  # the clean-up call itself can fail
+        for dest_vm in dests:
             yield Transition(
                 trigger_name(name, "fail"),
                 (vm, step.task_state),

@@ -150,6 +150,8 @@ class StepInfo:
     index: int
     task_state: TaskState | None
     instance: Instance
+    error_path: bool = False
+    """True when the hook runs before a failed step's clean-up call (its error path)."""
 
 
 StepHook = Callable[[StepInfo], Awaitable[None]]
@@ -862,20 +864,27 @@ class Engine:
         scope = anyio.CancelScope(deadline=anyio.current_time() + step.deadline)
         try:
             with scope:
-                if self._hooks:
-                    info = StepInfo(
-                        handle.action.public_name,
-                        handle.action.variant,
-                        handle.step_index,
-                        step.task_state,
-                        handle.inst,
-                    )
-                    for hook in self._hooks:
-                        await hook(info)
+                await self._run_hooks(handle, step)
                 return await CALLS[step.call](run) if step.call is not None else {}
         finally:
             CURRENT_CALL.reset(token)
         raise StepDeadlineExceeded(handle.action.name, _step_name(step), step.deadline)
+
+    async def _run_hooks(
+        self, handle: ActionHandle, step: Step, *, error_path: bool = False
+    ) -> None:
+        if not self._hooks:
+            return
+        info = StepInfo(
+            handle.action.public_name,
+            handle.action.variant,
+            handle.step_index,
+            step.task_state,
+            handle.inst,
+            error_path,
+        )
+        for hook in self._hooks:
+            await hook(info)
 
     def _lost(self, handle: ActionHandle, exc: Conflict) -> IsmError:
         """A step's compare-and-swap lost: another action owns the instance now."""
@@ -910,6 +919,7 @@ class Engine:
             )
             try:
                 with anyio.fail_after(step.deadline):
+                    await self._run_hooks(handle, step, error_path=True)
                     changes.update(await CALLS[path.call](run))
             except Exception as cleanup:
                 log.warning(

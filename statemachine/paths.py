@@ -55,6 +55,8 @@ class PathStep:
     guest: Literal["crash", "run"] | None = None
     """With ``fail``: crash the guest, or have it running, just before the step fails (the
     error path of a reboot depends on whether the guest still runs)."""
+    cleanup_fails: bool = False
+    """With ``fail``: the error path's clean-up call fails too (the instance goes to error)."""
 
 
 @attrs.frozen
@@ -204,6 +206,8 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
                     plan = (*path, PathStep(action.name, fail=t.step, guest=guest))
                 elif _after_failure(action, t.step, node).vm is t.dest[0]:
                     plan = (*path, PathStep(action.name, fail=t.step))
+                elif t.dest[0] is VmState.ERROR and action.error_path(action.steps[t.step]).call:
+                    plan = (*path, PathStep(action.name, fail=t.step, cleanup_fails=True))
             if plan is not None:
                 break
         if action.creates:
@@ -227,6 +231,7 @@ class _Director:
 
     def __init__(self) -> None:
         self.fail: tuple[str, int] | None = None
+        self.fail_cleanup: str | None = None
         self.hold: tuple[str, int] | None = None
         self.before_fail: Callable[[], Awaitable[None]] | None = None
         self.held = anyio.Event()
@@ -234,6 +239,11 @@ class _Director:
 
     async def __call__(self, info: StepInfo) -> None:
         key = (info.action if info.variant is None else f"{info.action}:{info.variant}", info.index)
+        if info.error_path:
+            if self.fail_cleanup == key[0]:
+                self.fail_cleanup = None
+                raise RuntimeError(f"path: clean-up of {key[0]} fails")
+            return
         if self.fail is not None and key == self.fail:
             self.fail = None
             if self.before_fail is not None:
@@ -314,6 +324,7 @@ async def _replay(
             params["type"] = action.variant
         director.fail = (_key(action), step.fail) if step.fail is not None else None
         director.before_fail = None
+        director.fail_cleanup = _key(action) if step.cleanup_fails else None
         if step.guest is not None and uuid is not None:
             director.before_fail = _guest_setter(engine, driver, control, uuid, step.guest)
         if step.hold is not None:

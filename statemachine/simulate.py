@@ -105,18 +105,31 @@ class _Counting:
 
 
 class _Progress:
+    """A bar redrawn in place on a terminal; on a pipe or file, a line every 25 %."""
+
+    WIDTH = 40
+
     def __init__(self, total: int, out: TextIO | None) -> None:
         self.total, self.done, self.out = total, 0, out
+        self.tty = out is not None and out.isatty()
+        self.shown = -1
 
     def step(self) -> None:
         self.done += 1
         if self.out is None:
             return
-        width = 40
-        filled = width * self.done // self.total
-        self.out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
-        if self.done == self.total:
-            self.out.write("\n")
+        filled = self.WIDTH * self.done // self.total
+        quarter = 4 * self.done // self.total
+        if self.tty and filled != self.shown:
+            self.shown = filled
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            end = "\n" if self.done == self.total else ""
+            self.out.write(f"\r[{bar}] {self.done}/{self.total} instances{end}")
+        elif not self.tty and quarter != self.shown:
+            self.shown = quarter
+            self.out.write(f"progress: {self.done}/{self.total} instances ({25 * quarter} %)\n")
+        else:
+            return
         self.out.flush()
 
 
