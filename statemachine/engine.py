@@ -274,6 +274,7 @@ class Engine:
             service_host=self.config.service_host,
         )
         self._running: dict[str, ActionHandle] = {}
+        self._inflight: set[ActionHandle] = set()
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -318,7 +319,7 @@ class Engine:
                 with anyio.move_on_after(self.config.drain_timeout):
                     await self.wait_idle(timeout=self.config.drain_timeout)
         finally:
-            for handle in list(self._running.values()):
+            for handle in list(self._inflight):
                 handle.scope.cancel()
             self._tg.cancel_scope.cancel()
             tg, self._tg = self._tg, None
@@ -703,6 +704,7 @@ class Engine:
         self._accepted += 1
         if running_slot:
             self._running[handle.uuid] = handle
+        self._inflight.add(handle)
         self._active += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
@@ -728,7 +730,7 @@ class Engine:
 
     async def _run(self, handle: ActionHandle) -> None:
         error: IsmError | None = None
-        outcome = Outcome.OK
+        outcome = Outcome.FAILED  # until it is known to have ended otherwise
         try:
             with handle.scope:
                 error = await self._run_steps(handle)
@@ -752,7 +754,13 @@ class Engine:
                 outcome = (
                     Outcome.PREEMPTED if isinstance(error, ActionPreempted) else Outcome.FAILED
                 )
+            else:
+                outcome = Outcome.OK
         finally:
+            self._inflight.discard(handle)
+            if outcome is Outcome.FAILED and error is None:
+                # cancelled from outside (the engine's task group): left as it was
+                error = ActionFailed(handle.name, handle.uuid, _step_name(handle.step), "cancelled")
             if self._running.get(handle.uuid) is handle:
                 del self._running[handle.uuid]
             try:

@@ -205,3 +205,20 @@ async def test_lock_runs_beside_a_running_action() -> None:
         assert (await stop.wait()).ok
         inst = w.engine.get(uuid)
         assert (inst.locked, inst.vm_state.value) == (True, "stopped")
+
+
+@virtual
+async def test_leaving_the_engine_ends_every_action() -> None:
+    """Leaving waits drain_timeout, then cuts hung actions down their error path; none hangs."""
+    async with world(config=Config(drain_timeout=10)) as w:
+        uuid = await w.create()
+        w.sim.faults.add(FaultRule(action="suspend", mode="hang"))
+        handle = await w.engine.submit(OWNER, "suspend", uuid)
+        t0 = anyio.current_time()
+    assert anyio.current_time() - t0 == pytest.approx(10, abs=1)
+    result = await handle.wait(timeout=1)
+    assert isinstance(result.error, ActionFailed)
+    inst = w.engine.get(uuid)
+    assert (inst.vm_state.value, inst.task_state) == ("active", None)
+    with pytest.raises(ActionRefused, match="not running"):
+        await w.engine.submit(OWNER, "stop", uuid)
