@@ -321,6 +321,10 @@ class Engine:
         finally:
             for handle in list(self._inflight):
                 handle.scope.cancel()
+            # cancelled actions take their error path (shielded commits); give them a bound
+            with anyio.move_on_after(self.config.drain_timeout, shield=True):
+                while self._active:
+                    await self._idle.wait()
             self._tg.cancel_scope.cancel()
             tg, self._tg = self._tg, None
             result = await tg.__aexit__(exc_type, exc, tb)
