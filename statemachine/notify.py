@@ -4,7 +4,10 @@ Envelope: ``event_type``, ``priority``, ``publisher_id``, ``timestamp``, ``messa
 ``payload`` (``{<ns>_object.name, .namespace, .version, .data}``) and ism's ``sequence``, a
 per-instance counter so consumers can order one instance's events. Every payload field is
 named below; nothing else about an instance can be emitted (no admin password, no user_data, no
-private key: they are absent by construction, as in Nova). Fault messages are scrubbed.
+private key: they are absent by construction, as in Nova). Departing from Nova, the values
+create takes from its caller — ``admin_pass``, ``user_data``, ``metadata``, ``key_name`` — are
+never emitted either: the fields keep Nova's shape (``metadata`` ``{}``, ``key_name`` null,
+``keypairs`` ``[]``) but carry nothing the caller supplied. Fault messages are scrubbed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from .model import Fault, Flavor, Instance, RequestContext
-from .redact import redact_metadata, scrub
+from .redact import scrub
 
 if TYPE_CHECKING:
     from .sinks import Sink
@@ -150,7 +153,7 @@ class Notifier:
             "availability_zone": None,
             "flavor": self._flavor(inst.flavor),
             "image_uuid": inst.image,
-            "key_name": inst.key_name,
+            "key_name": None,  # create's key_name is never emitted (nor metadata, below)
             "kernel_id": "",
             "ramdisk_id": "",
             "created_at": _time(inst.created_at),
@@ -164,7 +167,7 @@ class Notifier:
             "progress": 0,
             "ip_addresses": [],
             "block_devices": None,
-            "metadata": redact_metadata(inst.metadata),
+            "metadata": {},
             "locked": inst.locked,
             "auto_disk_config": "MANUAL",
             "request_id": ctx.request_id if human and ctx is not None else None,
@@ -187,12 +190,7 @@ class Notifier:
         if "fault" in fields:
             data["fault"] = self._fault(fault) if fault is not None else None
         if base == "create":
-            data["keypairs"] = (
-                [self._object("KeypairPayload", "1.0", {
-                    "user_id": inst.user_id, "name": inst.key_name, "fingerprint": None,
-                    "public_key": None, "type": "ssh",
-                })] if inst.key_name else []
-            )  # fmt: skip
+            data["keypairs"] = []
             data["tags"] = []
             data["trusted_image_certificates"] = None
             data["instance_name"] = f"instance-{inst.uuid[:8]}"

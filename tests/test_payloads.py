@@ -60,7 +60,8 @@ def test_envelope_and_payload_shape() -> None:
     assert data["fault"] is None
     assert data["created_at"] == "2026-03-01T12:00:00Z"
     assert data["flavor"]["ism_object.name"] == "FlavorPayload"
-    assert data["metadata"] == {"db_password": "***", "role": "web"}
+    assert data["metadata"] == {}  # create's metadata and key_name are never emitted
+    assert data["key_name"] is None
     assert "canary-META" not in json.dumps(env)
 
 

@@ -48,7 +48,7 @@ def test_tour_scenario_passes_and_writes_outputs(
     assert "instance.resize_confirm.end" in types  # auto-confirmed after the window
     assert "instance.power_off.end" in types  # the crash was synced to stopped
     text = "\n".join(lines)
-    for secret in ("hunter2-canary", "I2Nsb3VkLWNvbmZpZw=="):
+    for secret in ("hunter2-canary", "I2Nsb3VkLWNvbmZpZw==", "ops-key", '"tier"'):
         assert secret not in text
     state = json.loads((tmp_path / "state.json").read_text())
     assert set(state) == {"vm1", "vm2"}
