@@ -13,22 +13,19 @@ path, so once nothing runs no instance is left in a transient state.
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import functools
-import itertools
 import logging
 import random
 import traceback
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, final
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from drivers.base import (
     CURRENT_CALL,
@@ -53,6 +50,7 @@ from ._schema import (
     trigger_name,
 )
 from ._timers import TimerHandle, TimerService
+from ._watch import ChangeFeed
 from .clock import Clock, SystemClock
 from .config import Config
 from .errors import (
@@ -71,7 +69,16 @@ from .errors import (
     StepDeadlineExceeded,
     UnexpectedDeletingTaskState,
     WaitTimeout,
-    WatchOverflow,
+)
+from .handles import (
+    ActionHandle,
+    ActionResult,
+    EngineStatistics,
+    Outcome,
+    StateChange,
+    StepHook,
+    StepInfo,
+    next_action_id,
 )
 from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
@@ -99,133 +106,6 @@ log = logging.getLogger("ism.engine")
 MAX_METADATA_ITEMS = 128
 MAX_METADATA_LEN = 255
 MAX_USER_DATA = 65_535
-
-
-class Outcome(enum.StrEnum):
-    """How an accepted action ended."""
-
-    OK = "ok"
-    FAILED = "failed"
-    PREEMPTED = "preempted"
-
-
-@attrs.frozen
-class ActionResult:
-    """How an accepted action ended, and the instance as it left it."""
-
-    action: str
-    instance: Instance
-    outcome: str
-    error: IsmError | None
-    request_id: str | None
-    started_at: float
-    ended_at: float
-
-    @property
-    def ok(self) -> bool:
-        """Whether the action succeeded."""
-        return self.outcome == Outcome.OK
-
-    @property
-    def duration(self) -> float:
-        """Seconds from acceptance to end, on the engine's clock."""
-        return self.ended_at - self.started_at
-
-
-@attrs.frozen
-class StateChange:
-    """One committed change of one instance, as watchers see it."""
-
-    old: Instance | None
-    new: Instance
-    action: str | None
-
-
-@attrs.frozen
-class StepInfo:
-    """What a step hook is told: which action, which step, and the instance at that moment."""
-
-    action: str
-    variant: str | None
-    index: int
-    task_state: TaskState | None
-    instance: Instance
-    error_path: bool = False
-    """True when the hook runs before a failed step's clean-up call (its error path)."""
-
-
-StepHook = Callable[[StepInfo], Awaitable[None]]
-"""An async callable run at the start of every step, inside the step's deadline. Raising fails
-the step (down its error path, like a driver error); waiting holds the action at that step."""
-
-
-@attrs.frozen
-class EngineStatistics:
-    """A frozen snapshot of the engine (anyio's ``statistics()`` style)."""
-
-    instances: int
-    by_vm_state: Mapping[str, int]
-    running_actions: int
-    accepted: int
-    refused: int
-    outcomes: Mapping[str, int]
-    by_action: Mapping[str, Mapping[str, int]]
-    """Outcomes (``ok``, ``failed``, ``preempted``, ``refused``) per action, the engine's own
-    (timed transitions, power sync) included."""
-    state_changes: int
-    notifications: int
-    timers_armed: int
-
-
-_ids = itertools.count(1)
-
-
-@attrs.define(eq=False)
-class ActionHandle:
-    """An accepted action in flight. :meth:`wait` for its :class:`ActionResult`."""
-
-    id: int
-    action: Action
-    uuid: str
-    ctx: RequestContext
-    params: Mapping[str, Any]
-    started_at: float
-    inst: Instance
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    result: ActionResult | None = None
-    step: Step | None = None
-    step_index: int = -1
-    open_phases: set[str] = attrs.field(factory=set)
-    preempted_by: str | None = None
-    interrupt: IsmError | None = None
-    extra: dict[str, Any] = attrs.field(factory=dict)
-
-    @property
-    def name(self) -> str:
-        """The action's public name."""
-        return self.action.public_name
-
-    async def wait(self, timeout: float | None = None) -> ActionResult:
-        """The result, once the action has ended.
-
-        Raises:
-            WaitTimeout: ``timeout`` (engine-clock seconds) passed first.
-        """
-        if self.result is None:
-            limit = timeout if timeout is not None else _action_budget(self.action) + 60
-            with anyio.move_on_after(limit):
-                await self.done.wait()
-        if self.result is None:
-            raise WaitTimeout(
-                f"'{self.name}' on {self.uuid} still runs after {limit:g} s "
-                f"(step {self.step.task_state if self.step else None})"
-            )
-        return self.result
-
-
-def _action_budget(action: Action) -> float:
-    return sum(step.deadline for step in action.steps) + 60
 
 
 @final
@@ -281,8 +161,7 @@ class Engine:
         self._armed: dict[tuple[str, str], TimerHandle] = {}
         self._chained: dict[str, str] = {}
         self._user_data_by_uuid: dict[str, str] = {}
-        self._watchers: list[MemoryObjectSendStream[StateChange | WatchOverflow]] = []
-        self._waiters: dict[str, list[tuple[Callable[[Instance], bool], anyio.Event]]] = {}
+        self._feed = ChangeFeed()
         self._tg: TaskGroup | None = None
         self._accepting = False
         self._accepted = 0
@@ -328,8 +207,7 @@ class Engine:
             self._tg.cancel_scope.cancel()
             tg, self._tg = self._tg, None
             result = await tg.__aexit__(exc_type, exc, tb)
-            for send in self._watchers:
-                send.close()
+            self._feed.close()
         return result
 
     def _check_deadlines(self) -> None:
@@ -693,7 +571,7 @@ class Engine:
         if action.name == "rescue":
             extra["rescue_image_ref"] = params.get("rescue_image", inst.image)
         return ActionHandle(
-            id=next(_ids),
+            id=next_action_id(),
             action=action,
             uuid=inst.uuid,
             ctx=ctx,
@@ -1039,14 +917,8 @@ class Engine:
             ctx = handle.ctx if handle is not None else None
             if self._notifier.emit_update(old, new, ctx) is not None:
                 self._notifications += 1
-        change = StateChange(old, new, handle.name if handle is not None else None)
-        if self._watchers:
-            self._publish(change)
-        waiters = self._waiters.get(new.uuid)
-        if waiters:
-            for predicate, event in list(waiters):
-                if predicate(new):
-                    event.set()
+        if self._feed.active:
+            self._feed.publish(StateChange(old, new, handle.name if handle else None))
 
     def _emit(
         self, event: str, inst: Instance, handle: ActionHandle, *, fault: Fault | None = None
@@ -1205,92 +1077,24 @@ class Engine:
         """Wait, driven by commits and never by polling, until the named fields match.
 
         ``expected`` names Instance fields (``vm_state="active"``, ``task_state=None``); enum
-        fields compare by value.
+        fields compare by value (``power_state="running"``).
 
         Raises:
             WaitTimeout: the state did not match within ``timeout``; says what it was.
+            InstanceNotFound: no such instance.
         """
-        unknown = set(expected) - {f.name for f in attrs.fields(Instance)}
-        if unknown:
-            raise InvalidRequest(f"unknown instance fields {sorted(unknown)}")
+        return await self._feed.wait_for(uuid, lambda: self.get(uuid), timeout, expected)
 
-        def matches(inst: Instance) -> bool:
-            return all(_same(getattr(inst, k), v) for k, v in expected.items())
-
-        inst = self.get(uuid)
-        if matches(inst):
-            return inst
-        event = anyio.Event()
-        entry = (matches, event)
-        self._waiters.setdefault(uuid, []).append(entry)
-        try:
-            with anyio.move_on_after(timeout):
-                await event.wait()
-        finally:
-            waiters = self._waiters[uuid]
-            waiters.remove(entry)
-            if not waiters:
-                del self._waiters[uuid]
-        inst = self.get(uuid)
-        if not event.is_set():
-            seen = {k: _plain(getattr(inst, k)) for k in expected}
-            raise WaitTimeout(
-                f"instance {uuid} did not reach {expected} within {timeout:g} s; it is {seen}"
-            )
-        return inst
-
-    @asynccontextmanager
-    async def watch(
+    def watch(
         self, *, buffer: int | None = None
-    ) -> AsyncIterator[AsyncIterator[StateChange]]:
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[StateChange]]:
         """Every committed change from now on, through a bounded buffer.
 
         A watcher that falls ``buffer`` changes behind is dropped: its iterator raises
         :class:`WatchOverflow` rather than letting memory grow without bound.
         """
-        size = buffer or self.config.watch_buffer
-        send, receive = anyio.create_memory_object_stream[StateChange | WatchOverflow](size + 1)
-        self._watchers.append(send)
-
-        async def changes() -> AsyncIterator[StateChange]:
-            async for item in receive:
-                if isinstance(item, WatchOverflow):
-                    raise item
-                yield item
-
-        try:
-            yield changes()
-        finally:
-            if send in self._watchers:
-                self._watchers.remove(send)
-            send.close()
-            receive.close()
-
-    def _publish(self, change: StateChange) -> None:
-        for send in list(self._watchers):
-            stats = send.statistics()
-            if stats.current_buffer_used >= stats.max_buffer_size - 1:
-                send.send_nowait(WatchOverflow("watcher fell behind its buffer; dropped"))
-                self._watchers.remove(send)
-                send.close()
-                continue
-            try:
-                send.send_nowait(change)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._watchers.remove(send)
+        return self._feed.watch(buffer or self.config.watch_buffer)
 
 
 def _step_name(step: Step | None) -> str | None:
     return step.task_state.value if step is not None and step.task_state is not None else None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, VmState | TaskState):
-        return value.value
-    if isinstance(value, PowerState):
-        return value.label
-    return value
-
-
-def _same(actual: Any, wanted: Any) -> bool:
-    return bool(actual == wanted or _plain(actual) == wanted)
