@@ -19,7 +19,7 @@ import logging
 import random
 import traceback
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, final
 
@@ -751,14 +751,26 @@ class Engine:
             extra=handle.extra,
         )
         token = CURRENT_CALL.set(CallContext(handle.action.public_name, _step_name(step)))
-        scope = anyio.CancelScope(deadline=anyio.current_time() + step.deadline)
         try:
-            with scope:
+            with self._deadline(step.deadline):
                 await self._run_hooks(handle, step)
                 return await CALLS[step.call](run) if step.call is not None else {}
         finally:
             CURRENT_CALL.reset(token)
         raise StepDeadlineExceeded(handle.action.name, _step_name(step), step.deadline)
+
+    @contextlib.contextmanager
+    def _deadline(self, seconds: float) -> Iterator[anyio.CancelScope]:
+        """A cancel scope the timer service cancels after ``seconds``: every deadline of a
+        transient state is a timer-service entry, like the timed transitions, so one heap holds
+        them all (and their lateness is measured in one place)."""
+        scope = anyio.CancelScope()
+        timer = self._timers.call_at(anyio.current_time() + seconds, scope.cancel)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._timers.cancel(timer)
 
     async def _run_hooks(
         self, handle: ActionHandle, step: Step, *, error_path: bool = False
@@ -808,9 +820,11 @@ class Engine:
                 handle.extra,
             )
             try:
-                with anyio.fail_after(step.deadline):
+                with self._deadline(step.deadline) as scope:
                     await self._run_hooks(handle, step, error_path=True)
                     changes.update(await CALLS[path.call](run))
+                if scope.cancelled_caught:
+                    raise StepDeadlineExceeded(action.name, _step_name(step), step.deadline)
             except Exception as cleanup:
                 log.warning(
                     "error path of %s on %s failed: %s",
