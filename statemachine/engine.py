@@ -476,39 +476,55 @@ class Engine:
             return await self._accept_create(ctx, action, params)
         if uuid is None:
             raise InvalidRequest(f"'{name}' needs an instance", action=name)
-        inst = self._store.get(uuid)
-        if inst.vm_state is VmState.DELETED:
-            raise InstanceNotFound(uuid)
-        self.policy.check(ctx, action, inst)
-        await self._check_guards(ctx, action, inst, params)
-        running = self._running.get(uuid)
-        if action.concurrency is Concurrency.FREE:
-            self.machine.apply(trigger_name(action.name, "accept"), inst.state, inst.state)
+        return await self._accept_existing(ctx, action, uuid, params)
+
+    async def _accept_existing(
+        self, ctx: RequestContext, action: Action, uuid: str, params: dict[str, Any]
+    ) -> ActionHandle:
+        """Guards, then the compare-and-swap that starts the action. A swap that loses only to
+        a change that left the guards true (a lock, a power-state update) is retried, bounded;
+        a real conflict surfaces as the guards' refusal or as :class:`Conflict`."""
+        name = action.public_name
+        for attempt in range(3):
+            inst = self._store.get(uuid)
+            if inst.vm_state is VmState.DELETED:
+                raise InstanceNotFound(uuid)
+            self.policy.check(ctx, action, inst)
+            await self._check_guards(ctx, action, inst, params)
+            running = self._running.get(uuid)
+            if action.concurrency is Concurrency.FREE:
+                self.machine.apply(trigger_name(action.name, "accept"), inst.state, inst.state)
+                handle = self._new_handle(action, inst, ctx, params)
+                self._start(handle, running_slot=False)
+                return handle
+            if action.concurrency is Concurrency.JOINS:
+                step = running.step if running is not None else None
+                if running is None or step is None or action.name not in step.accepts:
+                    raise InvalidState(
+                        name, uuid, "task_state", f"{inst.task_state} (not yet joinable)"
+                    )
             handle = self._new_handle(action, inst, ctx, params)
-            self._start(handle, running_slot=False)
+            first = (inst.vm_state, action.steps[0].task_state)
+            self.machine.apply(trigger_name(action.name, "accept"), inst.state, first)
+            new = inst.evolve(
+                task_state=first[1],
+                action_id=handle.id,
+                updated_at=self.clock.wall(),
+                request_id=ctx.request_id,
+            )
+            try:
+                await self._store.swap(inst, new)
+            except Conflict:
+                if attempt == 2:
+                    raise
+                continue
+            handle.inst = new
+            if running is not None and action.concurrency is not Concurrency.EXCLUSIVE:
+                self._preempt(running, by=action.public_name, current=inst)
+            self._committed(inst, new, handle)
+            self._start(handle, running_slot=True)
             return handle
-        if action.concurrency is Concurrency.JOINS:
-            step = running.step if running is not None else None
-            if running is None or step is None or action.name not in step.accepts:
-                raise InvalidState(
-                    name, uuid, "task_state", f"{inst.task_state} (not yet joinable)"
-                )
-        handle = self._new_handle(action, inst, ctx, params)
-        first = (inst.vm_state, action.steps[0].task_state)
-        self.machine.apply(trigger_name(action.name, "accept"), inst.state, first)
-        new = inst.evolve(
-            task_state=first[1],
-            action_id=handle.id,
-            updated_at=self.clock.wall(),
-            request_id=ctx.request_id,
-        )
-        await self._store.swap(inst, new)
-        handle.inst = new
-        if running is not None and action.concurrency is not Concurrency.EXCLUSIVE:
-            self._preempt(running, by=action.public_name, current=inst)
-        self._committed(inst, new, handle)
-        self._start(handle, running_slot=True)
-        return handle
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _check_guards(
         self, ctx: RequestContext, action: Action, inst: Instance, params: Mapping[str, Any]
