@@ -640,7 +640,7 @@ class Engine:
             if handle.preempted_by is not None:
                 outcome = Outcome.PREEMPTED
                 error = ActionPreempted(handle.name, handle.uuid, handle.preempted_by)
-            elif handle.scope.cancelled_caught:
+            elif handle.scope.cancel_called and not handle.ended:
                 # cancelled by the build timeout or the engine shutting down
                 reason = handle.interrupt or ActionFailed(
                     handle.name, handle.uuid, None, "the engine stopped"
@@ -694,6 +694,10 @@ class Engine:
                 if failed is not None:
                     return failed
                 pending = {}
+            if handle.scope.cancel_called:
+                # preempted (or interrupted) before this step began: say nothing more; the
+                # first step's events would otherwise go out before the first checkpoint
+                return None
             handle.step, handle.step_index = step, index
             for event in step.before:
                 self._emit(event, handle.inst, handle)
@@ -750,6 +754,7 @@ class Engine:
                 )
         except Conflict as exc:
             return self._lost(handle, exc)
+        handle.ended = True
         for event in last.after:
             self._emit(event, handle.inst, handle)
         return None
@@ -819,6 +824,7 @@ class Engine:
         failed.__cause__ = exc
         if action.concurrency is Concurrency.FREE:
             await self._commit(handle, None, None, {"fault": fault})
+            handle.ended = True
             return failed
         path = action.error_path(step)
         to = path.to
@@ -864,6 +870,7 @@ class Engine:
             await self._commit(handle, trigger_name(action.name, "fail"), (dest, None), changes)
         except Conflict as lost:
             return self._lost(handle, lost)
+        handle.ended = True
         for event in path.events[1:]:
             self._emit(event, handle.inst, handle)
         return failed

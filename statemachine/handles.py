@@ -133,6 +133,8 @@ class ActionHandle:
     step: Step | None = None
     step_index: int = -1
     open_phases: set[str] = attrs.field(factory=set)
+    ended: bool = False
+    """Set once the action's last commit (its target or its error path) is made."""
     preempted_by: str | None = None
     interrupt: IsmError | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)

@@ -249,7 +249,13 @@ class Notifier:
     def emit_update(
         self, old: Instance, new: Instance, ctx: RequestContext | None
     ) -> Notification | None:
-        """``instance.update`` for a committed change, as ``notify_on_state_change`` says."""
+        """``instance.update`` for a committed change, as Nova's ``send_update`` does.
+
+        Off when ``notify_on_state_change`` is None. Otherwise every commit sends one: with the
+        old and new states when the state changed (vm_state; or either axis under
+        ``vm_and_task_state``), else with old equal to new (a power-state update, a lock, a
+        host assignment), as Nova sends a "regular" update on every save.
+        """
         mode = self.settings.notify_on_state_change
         if mode is None:
             return None
@@ -257,7 +263,7 @@ class Notifier:
             mode == "vm_and_task_state" and old.task_state != new.task_state
         )
         if not changed:
-            return None
+            old = new
         return self.emit(
             "update",
             new,

@@ -222,3 +222,15 @@ async def test_leaving_the_engine_ends_every_action() -> None:
     assert (inst.vm_state.value, inst.task_state) == ("active", None)
     with pytest.raises(ActionRefused, match="not running"):
         await w.engine.submit(OWNER, "stop", uuid)
+
+
+@virtual
+async def test_delete_right_after_accept_silences_the_preempted_action() -> None:
+    """An action preempted before its first step ran emits nothing at all."""
+    async with world() as w:
+        uuid = await w.create()
+        w.clear()
+        first = await w.engine.submit(ADMIN, "live_migrate", uuid)
+        await w.engine.act(OWNER, "delete", uuid)
+        assert isinstance((await first.wait()).error, ActionPreempted)
+        assert w.events(uuid) == ["delete.start", "shutdown.start", "shutdown.end", "delete.end"]

@@ -109,21 +109,35 @@ def test_error_carries_a_scrubbed_fault() -> None:
 
 
 def test_update_modes() -> None:
-    """instance.update follows notify_on_state_change: off, vm_state only, or both axes."""
+    """instance.update follows Nova's send_update: off, or one per save, with the old and new
+    states only when the state changed under the mode (else old equals new)."""
     old = _instance()
     new = _instance(task_state=TaskState.POWERING_OFF)
     done = new.evolve(vm_state=VmState.STOPPED, task_state=None)
-    for mode, expected in ((None, 0), ("vm_state", 1), ("vm_and_task_state", 2)):
+
+    def updates(mode: str | None) -> list[dict[str, object]]:
         capture = MemoryCapture()
         notifier = _notifier(capture, notify_on_state_change=mode)
         notifier.emit_update(old, new, CTX)
         notifier.emit_update(new, done, CTX)
-        assert len(capture.notifications) == expected, mode
-    last = capture.notifications[-1].payload["ism_object.data"]
-    assert last["state_update"]["ism_object.data"] == {
-        "old_state": "active", "state": "stopped", "old_task_state": "powering-off",
-        "new_task_state": None,
-    }  # fmt: skip
+        return [
+            n.payload["ism_object.data"]["state_update"]["ism_object.data"]
+            for n in capture.notifications
+        ]
+
+    assert updates(None) == []
+    assert updates("vm_state") == [
+        {"old_state": "active", "state": "active", "old_task_state": "powering-off",
+         "new_task_state": "powering-off"},
+        {"old_state": "active", "state": "stopped", "old_task_state": "powering-off",
+         "new_task_state": None},
+    ]  # fmt: skip
+    assert updates("vm_and_task_state") == [
+        {"old_state": "active", "state": "active", "old_task_state": None,
+         "new_task_state": "powering-off"},
+        {"old_state": "active", "state": "stopped", "old_task_state": "powering-off",
+         "new_task_state": None},
+    ]  # fmt: skip
 
 
 def test_sequence_is_per_instance() -> None:
