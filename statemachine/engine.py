@@ -21,7 +21,7 @@ import traceback
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, final
+from typing import Any, Literal, Self, final, overload
 
 import anyio
 import attrs
@@ -329,6 +329,38 @@ class Engine:
         return len(batch)
 
     # -- acting -------------------------------------------------------------------------------
+
+    @overload
+    async def create(
+        self,
+        ctx: RequestContext,
+        *,
+        name: str,
+        flavor: Flavor | Mapping[str, Any],
+        image: str,
+        host: str | None = None,
+        admin_pass: str | None = None,
+        user_data: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key_name: str | None = None,
+        wait: Literal[True] = True,
+    ) -> ActionResult: ...
+
+    @overload
+    async def create(
+        self,
+        ctx: RequestContext,
+        *,
+        name: str,
+        flavor: Flavor | Mapping[str, Any],
+        image: str,
+        host: str | None = None,
+        admin_pass: str | None = None,
+        user_data: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        key_name: str | None = None,
+        wait: Literal[False],
+    ) -> ActionHandle: ...
 
     async def create(
         self,
