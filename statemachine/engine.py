@@ -170,7 +170,6 @@ class Engine:
         self._by_action: dict[str, dict[str, int]] = {}
         self._changes = 0
         self._notifications = 0
-        self._hosts_cache: dict[str, bool] = {}
 
     # -- life of the engine --------------------------------------------------------------
 
@@ -760,8 +759,10 @@ class Engine:
                     (vm, step.task_state),
                     pending,
                 )
-            elif pending or handle.action.concurrency is not Concurrency.FREE:
+            elif pending:
                 await self._commit(handle, None, None, pending)
+            elif handle.action.concurrency is not Concurrency.FREE:
+                self._check_owner(handle)  # nothing to write: still, is the task still ours?
         except Conflict as exc:
             return self._lost(handle, exc)
         for event in previous.after:
@@ -944,21 +945,10 @@ class Engine:
         the machine, then notify. Shielded: a commit either happens whole or not at all."""
         with anyio.CancelScope(shield=True):
             for _ in range(8):  # bounded: retries only when a FREE change slipped in between
-                current = self._store.get(handle.uuid)
-                expected_task = handle.inst.task_state
-                free = handle.action.concurrency is Concurrency.FREE
-                owner = None if free else handle.id
-                if not free and (current.task_state != expected_task or current.action_id != owner):
-                    cls = (
-                        UnexpectedDeletingTaskState
-                        if current.task_state is TaskState.DELETING
-                        else Conflict
-                    )
-                    raise cls(
-                        handle.uuid,
-                        {"task_state": expected_task, "action_id": owner},
-                        {"task_state": current.task_state, "action_id": current.action_id},
-                    )
+                if handle.action.concurrency is Concurrency.FREE:
+                    current = self._store.get(handle.uuid)  # owns no task: nothing to expect
+                else:
+                    current = self._check_owner(handle)
                 fields = dict(changes)
                 if dest is not None and trigger is not None:
                     vm, task = self.machine.apply(trigger, current.state, dest)
@@ -976,6 +966,22 @@ class Engine:
                 return new
             raise Conflict(handle.uuid, {"version": "stable"}, {"version": "changing"})
         raise AssertionError("unreachable: a shielded scope does not swallow exceptions")
+
+    def _check_owner(self, handle: ActionHandle) -> Instance:
+        """The current record, if the action still owns its task; :class:`Conflict` if not."""
+        current = self._store.get(handle.uuid)
+        if current.task_state != handle.inst.task_state or current.action_id != handle.id:
+            cls = (
+                UnexpectedDeletingTaskState
+                if current.task_state is TaskState.DELETING
+                else Conflict
+            )
+            raise cls(
+                handle.uuid,
+                {"task_state": handle.inst.task_state, "action_id": handle.id},
+                {"task_state": current.task_state, "action_id": current.action_id},
+            )
+        return current
 
     def _committed(self, old: Instance | None, new: Instance, handle: ActionHandle | None) -> None:
         """Everything that follows a commit, synchronously: placement, timers, notify, watch."""
