@@ -37,6 +37,7 @@ from drivers.base import (
 )
 
 from ._calls import CALLS, StepRun
+from ._params import normalize_params, resolve_action
 from ._placement import Placement
 from ._schema import (
     Action,
@@ -82,7 +83,7 @@ from .handles import (
 )
 from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
-from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext, validate_name
+from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notifier, NotifySettings
 from .policy import Policy
 from .redact import scrub
@@ -102,10 +103,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ism.engine")
-
-MAX_METADATA_ITEMS = 128
-MAX_METADATA_LEN = 255
-MAX_USER_DATA = 65_535
 
 
 @final
@@ -439,53 +436,6 @@ class Engine:
 
     # -- acceptance -----------------------------------------------------------------------
 
-    def _resolve(self, name: str, params: Mapping[str, Any], *, system: bool) -> Action:
-        variant = params.get("type")
-        if variant is not None and not isinstance(variant, str):
-            raise InvalidRequest("type must be a string", action=name)
-        found = self.lifecycle.resolve(name, variant)
-        if found is None or (found.internal and not system):
-            if variant is not None and self.lifecycle.resolve(name, None) is not None:
-                raise InvalidRequest(f"unknown {name} type {variant!r}", action=name)
-            raise InvalidRequest(f"unknown action {name!r}", action=name)
-        unknown = sorted(set(params) - found.params)
-        if unknown:
-            raise InvalidRequest(f"'{name}' takes no parameter {unknown}", action=name)
-        missing = sorted(found.required - set(params))
-        if missing:
-            raise InvalidRequest(f"'{name}' needs parameters {missing}", action=name)
-        return found
-
-    def _normalize(self, action: Action, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate and convert API words to engine values; typed errors, nothing persisted."""
-        out = dict(params)
-        if "flavor" in out and not isinstance(out["flavor"], Flavor):
-            out["flavor"] = Flavor.from_mapping(out["flavor"])
-        for key in ("image", "host", "name", "rescue_image", "key_name", "reason"):
-            if key in out and (not isinstance(out[key], str) or not out[key]):
-                raise InvalidRequest(f"{key} must be a non-empty string", action=action.name)
-        for key in ("image", "host", "rescue_image", "key_name", "reason"):
-            if key in out and len(out[key]) > 255:
-                raise InvalidRequest(f"{key} is longer than 255 characters", action=action.name)
-        if action.creates:
-            validate_name(out.get("name"))
-        md = out.get("metadata")
-        if md is not None:
-            if not isinstance(md, Mapping) or len(md) > MAX_METADATA_ITEMS:
-                raise InvalidRequest(
-                    f"metadata must be an object of at most {MAX_METADATA_ITEMS} items"
-                )
-            for k, v in md.items():
-                if not (isinstance(k, str) and isinstance(v, str)) or not k:
-                    raise InvalidRequest("metadata keys and values must be strings")
-                if len(k) > MAX_METADATA_LEN or len(v) > MAX_METADATA_LEN:
-                    raise InvalidRequest(f"metadata items are limited to {MAX_METADATA_LEN} chars")
-            out["metadata"] = dict(md)
-        for key, limit in (("user_data", MAX_USER_DATA), ("admin_pass", 255)):
-            if key in out and (not isinstance(out[key], str) or len(out[key]) > limit):
-                raise InvalidRequest(f"{key} must be a string of at most {limit} characters")
-        return out
-
     async def _accept(
         self,
         ctx: RequestContext,
@@ -497,8 +447,8 @@ class Engine:
             raise EngineClosed("the engine is not running", action=name, instance=uuid)
         if not isinstance(ctx, RequestContext):
             raise InvalidRequest("ctx must be a RequestContext", action=name)
-        action = self._resolve(name, raw, system=ctx.is_system)
-        params = self._normalize(action, raw)
+        action = resolve_action(self.lifecycle, name, raw, system=ctx.is_system)
+        params = normalize_params(action, raw)
         if self._active >= self.config.max_actions:
             raise Busy(
                 f"{self._active} actions in flight (max_actions)", action=name, instance=uuid

@@ -19,6 +19,7 @@ import attrs
 from drivers.base import PowerState
 from drivers.simulator import FaultRule, SimulatorDriver
 
+from ._params import normalize_params, resolve_action
 from .clock import VirtualClock, run_virtual
 from .config import Config
 from .engine import ActionHandle, Engine, Outcome
@@ -173,6 +174,16 @@ def _validate_do(index: int, step: Mapping[str, Any], created: set[str]) -> None
         _known(index, name, created)
     if "params" in step and not isinstance(step["params"], Mapping):
         raise _fail(index, "params must be an object")
+    if step.get("expect", "ok") != "refused":
+        # a malformed request is a broken file, unless the step means to test the refusal
+        params = dict(step.get("params", {}))
+        if action == "create":
+            params["name"] = name
+        try:
+            entry = resolve_action(DEFAULT_LIFECYCLE, action, params)
+            normalize_params(entry, params)
+        except InvalidRequest as exc:
+            raise _fail(index, f"{action}: {exc}") from None
     if "as" in step:
         try:
             RequestContext.from_mapping(step["as"])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statemachine.cli import main
+from statemachine.errors import ScenarioError
+from statemachine.scenario import load_scenario
 
 TOUR = Path(__file__).parent / "scenarios" / "tour.json"
 FLAVOR = {"vcpus": 1, "memory_mb": 512, "root_gb": 1}
@@ -109,6 +114,37 @@ def test_unmet_expectation_exits_1_naming_the_step(
         ({"steps": [{"wait_for": {"event": "x"}}]}, "step 1: wait_for needs a timeout"),
         ({"steps": [{"host_down": "nowhere"}]}, "step 1: host_down names unknown host"),
         ({"steps": [{"fault": {"action": "stop", "mode": "explode"}}]}, "fault mode"),
+        (
+            {
+                "steps": [
+                    {
+                        "do": "create",
+                        "instance": "vm1",
+                        "params": {
+                            "flavor": {"vcpus": "x", "memory_mb": 1, "root_gb": 1},
+                            "image": "cirros",
+                        },
+                    }
+                ]
+            },
+            "step 1: create: flavor vcpus must be a non-negative integer",
+        ),
+        (
+            {
+                "steps": [
+                    {
+                        "do": "create",
+                        "instance": "vm1",
+                        "params": {
+                            "flavor": {"vcpus": 1, "memory_mb": 1, "root_gb": 1},
+                            "image": "cirros",
+                            "colour": "red",
+                        },
+                    }
+                ]
+            },
+            "step 1: create: 'create' takes no parameter ['colour']",
+        ),
     ],
 )
 def test_invalid_file_exits_2(
@@ -128,3 +164,33 @@ def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, err = _run(tmp_path, tmp_path / "absent.json", capsys)
     assert code == 2
     assert "cannot read" in err
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+_KEYS = st.sampled_from([
+    "do", "instance", "params", "as", "wait", "expect", "error", "fault", "wait_for", "guest",
+    "host_down", "host_up", "advance", "timeout",
+])  # fmt: skip
+_STEP = st.dictionaries(_KEYS, _JSON | st.sampled_from(["create", "vm1", "stop", "crash"]),
+                        max_size=4)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(
+        _JSON,
+        st.fixed_dictionaries(
+            {"steps": st.lists(_STEP, max_size=5)},
+            optional={"seed": _JSON, "hosts": _JSON, "config": _JSON},
+        ),
+    )
+)
+def test_loading_any_json_raises_only_scenario_errors(data: Any) -> None:
+    """Whatever JSON a file holds, loading it either succeeds or raises ScenarioError."""
+    with contextlib.suppress(ScenarioError):
+        load_scenario(data if isinstance(data, dict) else {"steps": data})
