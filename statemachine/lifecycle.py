@@ -757,4 +757,6 @@ DEFAULT_LIFECYCLE = Lifecycle(
     api_status=API_STATUS,
     version="1",
 )
-"""Nova's lifecycle as ism runs it. Validated when the engine's machine is built."""
+"""Nova's lifecycle as ism runs it."""
+
+DEFAULT_LIFECYCLE.validate()  # when loaded: a broken table fails the import, naming the culprit
