@@ -76,14 +76,14 @@ class _Node:
     running: bool
 
 
-def _ok(action: Action, node: _Node) -> bool:
-    if node.vm not in action.allowed_vm_states() or not action.allows_task(None):
+def _ok(action: Action, node: _Node, *, idle: bool = True) -> bool:
+    """Whether the guards admit ``action`` on ``node`` (``idle=False``: while a task runs)."""
+    if node.vm not in action.allowed_vm_states() or (idle and not action.allows_task(None)):
         return False
     if action.must_have_launched and not node.launched:
         return False
-    if Precondition.HAS_HOST in action.preconditions and not node.host:
-        return False
-    return not (Precondition.HOST_DOWN in action.preconditions and not node.host)
+    needs_host = action.preconditions & {Precondition.HAS_HOST, Precondition.HOST_DOWN}
+    return not (needs_host and not node.host)
 
 
 def _after_success(action: Action, node: _Node) -> _Node:
@@ -183,7 +183,7 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
             joins = action.concurrency is Concurrency.JOINS
             if joins or (t.kind in ("accept", "internal") and task is not None):
                 holder = _holder(lc, node, None if joins else task, action.name if joins else None)
-                if holder is None or not _ok_ignoring_task(action, node):
+                if holder is None or not _ok(action, node, idle=False):
                     continue
                 if t.kind == "fail":
                     assert t.step is not None
@@ -216,14 +216,6 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
             raise LookupError(f"no path found for {t.trigger} {state_name(t.source)}")
         plans.setdefault(plan, []).append(t)
     return [CoveringPath(steps=k, covers=tuple(v)) for k, v in plans.items()]
-
-
-def _ok_ignoring_task(action: Action, node: _Node) -> bool:
-    if node.vm not in action.allowed_vm_states():
-        return False
-    if action.must_have_launched and not node.launched:
-        return False
-    return not (Precondition.HAS_HOST in action.preconditions and not node.host)
 
 
 class _Director:
