@@ -36,6 +36,20 @@ def _params(action: str, flip: bool) -> dict[str, Any]:
     return {}
 
 
+def _phases_by_error() -> dict[str, set[str]]:
+    """For each ``.error`` name, the phases the actions that emit it open (from the table):
+    an error ends its own action's phases, not those of an action running beside it."""
+    out: dict[str, set[str]] = {}
+    for action in DEFAULT_LIFECYCLE.actions:
+        opened = {e[: -len(".start")] for s in action.steps for e in s.before if ".start" in e}
+        for step in action.steps:
+            out.setdefault(action.error_event(step), set()).update(opened)
+    return out
+
+
+PHASES_BY_ERROR = _phases_by_error()
+
+
 def _check_sequences(notifications: list[Notification]) -> None:
     """Per instance: sequence numbers 1..n; every .start is closed by one .end or .error."""
     by_uuid: dict[str, list[Notification]] = {}
@@ -52,7 +66,9 @@ def _check_sequences(notifications: list[Notification]) -> None:
                 assert event[: -len(".end")] in open_phases, (event, open_phases)
                 open_phases.remove(event[: -len(".end")])
             elif event.endswith(".error"):
-                open_phases.clear()  # an error ends the action and every phase it had open
+                base = event[: -len(".error")]
+                ended = PHASES_BY_ERROR.get(base, {base})
+                open_phases = [p for p in open_phases if p not in ended]
         assert not open_phases, open_phases
 
 
