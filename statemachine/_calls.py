@@ -102,7 +102,7 @@ async def _rescue(run: StepRun) -> Changes:
 
 
 async def _snapshot(run: StepRun) -> Changes:
-    default = f"{run.inst.name}-shelved" if run.action.name == "shelve" else f"{run.inst.name}-snap"
+    default = f"{run.inst.name}-{run.action.name}"  # vm1-snapshot, vm1-shelve
     image_id = await run.driver.snapshot(run.guest(), name=str(run.params.get("name") or default))
     run.extra["snapshot_image_id"] = image_id
     return {"snapshot_image": image_id}
@@ -197,10 +197,18 @@ async def _rollback_resize(run: StepRun) -> Changes:
 
 
 async def _rebuild(run: StepRun) -> Changes:
+    await run.driver.destroy(run.guest())
+    return await _spawn_image(run)
+
+
+async def _spawn_image(run: StepRun) -> Changes:
+    """Spawn the (possibly new) image on ``inst.host``; a stopped instance stays off.
+
+    Evacuate calls only this: its guest sat on the failed host, and its record already names
+    the new one.
+    """
     inst = run.inst
     image = str(run.params.get("image") or inst.image)
-    if run.action.name != "evacuate":
-        await run.driver.destroy(run.guest())
     stays_off = inst.vm_state is VmState.STOPPED
     power = await run.driver.spawn(run.guest(image=image), power_on=not stays_off)
     return {"image": image, "power_state": power, "launched_at": run.now()}
@@ -295,6 +303,7 @@ CALLS: dict[Call, Callable[[StepRun], Awaitable[Changes]]] = {
     Call.FINISH_REVERT_MIGRATION: _finish_revert,
     Call.ROLLBACK_RESIZE: _rollback_resize,
     Call.REBUILD: _rebuild,
+    Call.SPAWN_IMAGE: _spawn_image,
     Call.EVACUATE_SCHEDULE: _evacuate_schedule,
     Call.PRE_LIVE_MIGRATION: _pre_live_migration,
     Call.LIVE_MIGRATION: _live_migration,

@@ -79,6 +79,7 @@ class Call(enum.StrEnum):
     FINISH_REVERT_MIGRATION = "finish_revert_migration"
     ROLLBACK_RESIZE = "rollback_resize"
     REBUILD = "rebuild"
+    SPAWN_IMAGE = "spawn_image"
     EVACUATE_SCHEDULE = "evacuate_schedule"
     PRE_LIVE_MIGRATION = "pre_live_migration"
     LIVE_MIGRATION = "live_migration"
@@ -114,6 +115,7 @@ class Precondition(enum.Enum):
 
     HOST_DOWN = "the instance's host is down"
     HAS_HOST = "the instance has a host"
+    OTHER_HOST = "a requested host is not the instance's own"
 
 
 class ErrorTo(enum.Enum):

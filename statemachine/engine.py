@@ -523,8 +523,8 @@ class Engine:
             raise InvalidState(name, uuid, "host", None)
         if Precondition.HOST_DOWN in action.preconditions and await self._host_up(inst.host):
             raise InvalidState(name, uuid, "host", f"{inst.host} (up: evacuate needs it down)")
-        if action.name == "live_migrate" and params.get("host") == inst.host:
-            raise InvalidRequest("cannot live-migrate to the instance's own host", action=name)
+        if Precondition.OTHER_HOST in action.preconditions and params.get("host") == inst.host:
+            raise InvalidRequest(f"cannot {name} to the instance's own host", action=name)
 
     async def _accept_create(
         self, ctx: RequestContext, action: Action, params: dict[str, Any]
@@ -563,9 +563,9 @@ class Engine:
         self, action: Action, inst: Instance, ctx: RequestContext, params: Mapping[str, Any]
     ) -> ActionHandle:
         extra: dict[str, Any] = {}
-        if "flavor" in params and action.name == "resize":
-            extra["new_flavor"] = params["flavor"]
-        if action.name == "rescue":
+        if "flavor" in params and not action.creates:
+            extra["new_flavor"] = params["flavor"]  # resize_prep's payload carries it
+        if "rescue_image" in action.params:
             extra["rescue_image_ref"] = params.get("rescue_image", inst.image)
         return ActionHandle(
             id=next_action_id(),

@@ -493,7 +493,11 @@ ACTIONS: tuple[Action, ...] = (
                 doc="pick a live host other than the failed one",
             ),
             Step(
-                T.REBUILDING, Call.REBUILD, SPAWN, before=("rebuild.start",), after=("rebuild.end",)
+                T.REBUILDING,
+                Call.SPAWN_IMAGE,
+                SPAWN,
+                before=("rebuild.start",),
+                after=("rebuild.end",),
             ),
         ),
         target=Target(by_source={V.ACTIVE: V.ACTIVE, V.STOPPED: V.STOPPED, V.ERROR: V.ACTIVE}),
@@ -503,7 +507,7 @@ ACTIONS: tuple[Action, ...] = (
         lock_check=False,
         rule=Rule.ADMIN,
         concurrency=Concurrency.TAKES_OVER,
-        preconditions=frozenset({Precondition.HOST_DOWN}),
+        preconditions=frozenset({Precondition.HOST_DOWN, Precondition.OTHER_HOST}),
         params=frozenset({"host"}),
     ),
     Action(
@@ -551,7 +555,7 @@ ACTIONS: tuple[Action, ...] = (
         vm_states=frozenset({V.ACTIVE, V.PAUSED}),
         rule=Rule.ADMIN,
         params=frozenset({"host"}),
-        preconditions=frozenset({Precondition.HAS_HOST}),
+        preconditions=frozenset({Precondition.HAS_HOST, Precondition.OTHER_HOST}),
     ),
     Action(
         name="live_migrate_abort",
