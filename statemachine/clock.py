@@ -1,29 +1,35 @@
 """Clocks, and deterministic virtual time for asyncio.
 
-The engine reads time only through the running event loop (anyio deadlines, the timer service)
-and a :class:`Clock` for wall-clock stamps. Virtual time is therefore a property of the loop:
+The engine reads time only from the running event loop (anyio deadlines, the timer service) and
+from a :class:`Clock` for wall-clock stamps, so virtual time is a property of the loop.
 :class:`VirtualTimeLoop` is an ordinary asyncio selector loop whose ``time()`` is a counter that
-jumps straight to the next timer whenever the loop would otherwise wait for it. Hours of timed
-transitions pass in milliseconds, and a run is deterministic: the same program and seed give the
-same order of events at the same virtual instants.
+jumps straight to the next timer whenever the loop would otherwise sit waiting for it. Hours of
+timed transitions pass in milliseconds, and a run is deterministic: the same program and seed
+give the same events at the same virtual instants.
 
-The one thing a jumping clock must not do is jump while work is running in a thread, since that
-work takes real time the loop cannot see. The loop counts work offloaded through
-``run_in_executor`` and through :func:`to_thread`, and while any is outstanding it waits for real
-(the worker's completion wakes the loop through its self-pipe) without moving the clock.
+A jumping clock must not jump while work is offloaded to threads: that work takes real time the
+loop cannot see, and every timer would fire "early" relative to it. The loop therefore counts
+offloaded calls and, while any is outstanding, waits for real without moving the clock. Code that
+may run under virtual time must offload through :func:`to_thread` or ``loop.run_in_executor``
+(which also covers ``asyncio.to_thread``); a bare ``anyio.to_thread.run_sync`` or a hand-made
+thread is invisible to the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import selectors
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, final
 
 import anyio
 import anyio.to_thread
 import attrs
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 __all__ = [
     "Clock",
@@ -37,28 +43,30 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+Ts = TypeVarTuple("Ts")
+
+_DEFAULT_EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class Clock(Protocol):
-    """Where the engine reads time: the loop's monotonic seconds and a UTC wall clock."""
+    """Where the engine reads time, so tests can swap real time for virtual time."""
 
     def monotonic(self) -> float:
-        """Seconds on the running loop's clock (what anyio deadlines use)."""
+        """Seconds on the running loop's clock: the scale anyio deadlines are measured on."""
         ...
 
     def wall(self) -> dt.datetime:
-        """Timezone-aware UTC time for timestamps."""
+        """Timezone-aware UTC time, for timestamps on records and notifications."""
         ...
 
 
 @final
 @attrs.frozen
 class SystemClock:
-    """Real time."""
+    """Real time: the loop's monotonic clock and the system's wall clock."""
 
     def monotonic(self) -> float:
-        """The running loop's clock."""
+        """The running loop's clock (real on an ordinary loop)."""
         return anyio.current_time()
 
     def wall(self) -> dt.datetime:
@@ -66,124 +74,210 @@ class SystemClock:
         return dt.datetime.now(dt.UTC)
 
 
-@final
+def _as_utc(when: dt.datetime) -> dt.datetime:
+    """Normalise an aware datetime to UTC; reject naive ones, whose meaning depends on the host."""
+    if when.utcoffset() is None:
+        raise ValueError(f"epoch must be timezone-aware, got {when!r}")
+    return when.astimezone(dt.UTC)
+
+
 @attrs.frozen
 class VirtualClock:
-    """Wall time derived from the loop's (virtual) seconds: never reads the real clock."""
+    """Wall time derived from the loop's seconds, so stamps are as deterministic as the loop.
 
-    epoch: dt.datetime = EPOCH
+    Never reads the real clock: on a :class:`VirtualTimeLoop` that started at 0, ``wall()`` is
+    ``epoch`` plus the virtual seconds elapsed.
+
+    Attributes:
+        epoch: The wall time at loop second 0 (converted to UTC; must be timezone-aware).
+    """
+
+    epoch: dt.datetime = attrs.field(default=_DEFAULT_EPOCH, converter=_as_utc)
 
     def monotonic(self) -> float:
-        """The running loop's clock."""
+        """The running loop's (virtual) seconds."""
         return anyio.current_time()
 
     def wall(self) -> dt.datetime:
-        """``epoch`` plus the loop's seconds."""
+        """``epoch`` plus the loop's seconds, in UTC."""
         return self.epoch + dt.timedelta(seconds=anyio.current_time())
 
 
 class _JumpingSelector(selectors.BaseSelector):
-    """A real selector that, instead of sleeping until the next timer, moves the clock there."""
+    """A real selector that, instead of sleeping until the next timer, moves the clock there.
 
-    def __init__(self, loop_time: Callable[[], float], jump: Callable[[float], None]) -> None:
+    The loop passes ``select`` the delay until its earliest timer (``None`` when there is none,
+    0 when callbacks are ready). Real I/O always wins: the real selector is polled first.
+    """
+
+    def __init__(self, jump: Callable[[float], None], offloaded: Callable[[], int]) -> None:
         self._real = selectors.DefaultSelector()
         self._jump = jump
-        self.busy = 0
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.modify(fileobj, events, data)
-
-    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.get_key(fileobj)
-
-    def get_map(self) -> Any:
-        return self._real.get_map()
-
-    def close(self) -> None:
-        self._real.close()
+        self._offloaded = offloaded
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Return ready I/O now, or jump the clock by ``timeout``, or wait for real.
+
+        While a thread works, wait without a timeout: ``timeout`` is virtual seconds and says
+        nothing about how long the thread takes, and every counted offload ends with
+        ``call_soon_threadsafe``, which wakes this wait through the loop's self-pipe. A real
+        timeout would only add spurious wake-ups, since the clock may not move anyway.
+        """
         ready = self._real.select(0)
-        if ready or timeout == 0:
+        if ready or (timeout is not None and timeout <= 0):
             return ready
-        if self.busy:
-            # a thread works in real time: wait for it (its completion wakes us), clock still
-            return self._real.select(None if timeout is None else max(timeout, 0.05))
-        if timeout is None:
-            return self._real.select(None)  # nothing scheduled: only I/O can wake us
+        if timeout is None or self._offloaded():
+            return self._real.select(None)
         self._jump(timeout)
         return []
 
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        """Delegate to the real selector."""
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        """Delegate to the real selector."""
+        return self._real.unregister(fileobj)
+
+    def modify(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        """Delegate to the real selector (epoll modifies in place)."""
+        return self._real.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        """Delegate to the real selector."""
+        return self._real.get_map()
+
+    def close(self) -> None:
+        """Close the real selector."""
+        self._real.close()
+
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop on virtual time that auto-jumps to the next timer when idle."""
+    """An asyncio loop on virtual time that jumps to the next timer instead of waiting for it.
+
+    Built only on public extension points: the selector handed to ``SelectorEventLoop`` decides
+    whether to wait or jump, and ``time()`` is overridden. When callbacks are ready, the loop
+    asks the selector for a zero timeout, so the clock only moves once everything runnable ran.
+
+    Args:
+        start: The loop's ``time()`` before any jump, in seconds.
+    """
 
     def __init__(self, start: float = 0.0) -> None:
-        self._virtual_now = float(start)
-        self._jumping = _JumpingSelector(self.time, self._advance)
-        super().__init__(self._jumping)
+        # Set before the base initialiser, which may already read time().
+        self._now = float(start)
+        self._offloaded = 0
+        super().__init__(_JumpingSelector(self._advance, lambda: self._offloaded))
 
     def time(self) -> float:
-        """Virtual seconds."""
-        return self._virtual_now
-
-    def _advance(self, seconds: float) -> None:
-        self._virtual_now += seconds
+        """Virtual seconds: what every loop timer and anyio deadline is measured against."""
+        return self._now
 
     @property
-    def threads_busy(self) -> int:
-        """Offloaded calls still running; the clock holds still while there are any."""
-        return self._jumping.busy
+    def offloaded(self) -> int:
+        """Counted thread calls still running; the clock holds still while there are any."""
+        return self._offloaded
 
-    def _hold(self) -> None:
-        self._jumping.busy += 1
-
-    def _release(self) -> None:
-        self._jumping.busy -= 1
-
-    def run_in_executor(  # type: ignore[override]
-        self, executor: Any, func: Callable[..., T], *args: Any
+    def run_in_executor(
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
     ) -> asyncio.Future[T]:
-        """As asyncio's, counted so the clock does not jump while the call runs."""
+        """As asyncio's, but counted so the clock does not jump while ``func`` runs.
+
+        The count drops when the returned future is done. If that future is cancelled while
+        ``func`` still runs, the clock may move again before the thread ends: the caller has
+        abandoned the result, and holding the clock for it could stall the loop for good.
+        """
         future = super().run_in_executor(executor, func, *args)
         self._hold()
-        future.add_done_callback(lambda _: self._release())
+        future.add_done_callback(self._release)
         return future
 
+    def _advance(self, seconds: float) -> None:
+        self._now += seconds
 
-async def to_thread(func: Callable[..., T], *args: Any) -> T:
-    """Run ``func`` in a worker thread; on a virtual loop, the clock waits for it."""
-    loop = asyncio.get_running_loop()
-    if not isinstance(loop, VirtualTimeLoop):
+    def _hold(self) -> None:
+        self._offloaded += 1
+
+    def _release(self, _: object = None) -> None:
+        self._offloaded -= 1
+
+
+def _running_virtual_loop() -> VirtualTimeLoop | None:
+    """The running loop if it is virtual; ``None`` otherwise, or outside asyncio."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop if isinstance(loop, VirtualTimeLoop) else None
+
+
+async def to_thread(func: Callable[[*Ts], T], *args: *Ts) -> T:
+    """Run ``func(*args)`` in a worker thread, holding a virtual clock still until it returns.
+
+    Use this rather than ``anyio.to_thread.run_sync`` for anything that may run under virtual
+    time. On any other loop it is exactly ``anyio.to_thread.run_sync``.
+
+    Args:
+        func: A blocking callable. It must not wait for a virtual-time timer on the loop (say,
+            through ``anyio.from_thread.run(anyio.sleep, ...)``): the clock cannot move while
+            it runs, so that would never return.
+        *args: Positional arguments for ``func``.
+
+    Returns:
+        What ``func`` returns.
+    """
+    loop = _running_virtual_loop()
+    if loop is None:
         return await anyio.to_thread.run_sync(func, *args)
     loop._hold()
     try:
+        # Not abandoned on cancellation, so the count drops only once the thread is done.
         return await anyio.to_thread.run_sync(func, *args)
     finally:
         loop._release()
 
 
 def is_virtual() -> bool:
-    """Whether the running loop is on virtual time."""
-    try:
-        return isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
-    except RuntimeError:
-        return False
+    """Whether the running loop is on virtual time (``False`` outside a loop)."""
+    return _running_virtual_loop() is not None
 
 
 def virtual_loop_factory(start: float = 0.0) -> Callable[[], asyncio.AbstractEventLoop]:
-    """A loop factory for ``asyncio.Runner`` or anyio's ``backend_options``."""
-    return lambda: VirtualTimeLoop(start)
+    """A loop factory for ``asyncio.Runner(loop_factory=...)`` or anyio's ``backend_options``.
+
+    Args:
+        start: The virtual seconds each new loop starts at.
+
+    Returns:
+        A callable making a fresh :class:`VirtualTimeLoop` per call.
+    """
+
+    def factory() -> asyncio.AbstractEventLoop:
+        return VirtualTimeLoop(start)
+
+    return factory
 
 
-def run_virtual(main: Callable[..., Awaitable[T]], *args: Any, start: float = 0.0) -> T:
-    """Run ``main(*args)`` with anyio on a fresh virtual-time loop."""
+def run_virtual(main: Callable[[*Ts], Awaitable[T]], *args: *Ts, start: float = 0.0) -> T:
+    """Run ``main(*args)`` with anyio on a fresh :class:`VirtualTimeLoop`.
+
+    Keyword arguments for ``main`` go through ``functools.partial``.
+
+    Args:
+        main: The async function to run.
+        *args: Positional arguments for ``main``.
+        start: The loop's virtual seconds at the start.
+
+    Returns:
+        What ``main`` returns.
+    """
     return anyio.run(
         main,
         *args,
