@@ -299,6 +299,14 @@ class SyncResponse(enum.Enum):
     FORCE_STOP = "force_stop"
     LOG = "log"
 
+    @property
+    def runs(self) -> str | None:
+        """The action the sync runs for this response (its value names it), or None.
+
+        The diagrams draw a hypervisor-event edge through this action's target.
+        """
+        return self.value if self in (SyncResponse.STOP, SyncResponse.FORCE_STOP) else None
+
 
 @attrs.frozen
 class PowerSyncRule:

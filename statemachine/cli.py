@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import _cli_diagrams
 from .errors import IsmError, ScenarioError
 
 __all__ = ["main"]
@@ -56,12 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int, default=3)
     bench.add_argument("--json", type=Path, dest="json_out", metavar="FILE")
 
-    sub.add_parser("states", help="list the lifecycle's states and actions")
+    states = sub.add_parser("states", help="list the lifecycle's states and actions")
+    states.add_argument("--format", dest="fmt", choices=("text", "markdown"), default="text")
 
-    diagram = sub.add_parser("diagram", help="print or regenerate the lifecycle diagram")
-    diagram.add_argument("--write", action="store_true", help="regenerate diagrams/")
-    diagram.add_argument("--check", action="store_true", help="exit 1 naming stale files")
-    diagram.add_argument("--root", type=Path, default=Path("."), help="repository root")
+    # diagram (and diagram diff), lifecycle export: statemachine/_cli_diagrams.py
+    _cli_diagrams.add_parsers(sub)
     return parser
 
 
@@ -109,6 +109,9 @@ def _bench(args: argparse.Namespace) -> int:
 def _states(args: argparse.Namespace) -> int:
     from .lifecycle import DEFAULT_LIFECYCLE
 
+    if args.fmt == "markdown":
+        return _cli_diagrams.states_markdown(args)
+
     for name, entries in sorted(DEFAULT_LIFECYCLE.api_actions().items()):
         for action in entries:
             if action.internal:
@@ -124,23 +127,6 @@ def _states(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diagram(args: argparse.Namespace) -> int:
-    from .diagrams import check_diagrams, mermaid_overview, write_diagrams
-    from .lifecycle import DEFAULT_LIFECYCLE
-
-    if args.check:
-        stale = check_diagrams(DEFAULT_LIFECYCLE, args.root)
-        for path in stale:
-            print(f"ism diagram: stale: {path} (run: ism diagram --write)", file=sys.stderr)
-        return 1 if stale else 0
-    if args.write:
-        for path in write_diagrams(DEFAULT_LIFECYCLE, args.root):
-            print(f"wrote {path}")
-        return 0
-    print(mermaid_overview(DEFAULT_LIFECYCLE), end="")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ism`` console script and ``python -m statemachine``."""
     args = _parser().parse_args(argv)
@@ -149,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": _simulate,
         "bench": _bench,
         "states": _states,
-        "diagram": _diagram,
+        "diagram": _cli_diagrams.diagram,
+        "lifecycle": _cli_diagrams.lifecycle,
     }
     try:
         return handlers[args.command](args)

@@ -21,6 +21,7 @@
     ├── WaitTimeout                 a wait ran out of time (also TimeoutError)
     ├── WatchOverflow               a state watcher fell behind its bounded buffer
     ├── LifecycleError              the lifecycle definition is invalid (names the culprit)
+    ├── DiagramError                a diagram cannot be drawn (bad export, unknown name, no dot)
     └── ScenarioError               a scenario file is invalid (also ValueError)
 
 Driver errors (:mod:`drivers.base`) form their own tree; the engine records them as the cause
@@ -46,6 +47,7 @@ __all__ = [
     "BuildTimeout",
     "Busy",
     "Conflict",
+    "DiagramError",
     "DriverError",
     "DriverTimeout",
     "EngineClosed",
@@ -211,6 +213,14 @@ class WatchOverflow(IsmError):
 
 class LifecycleError(IsmError):
     """The lifecycle definition is invalid; the message names the culprit."""
+
+
+class DiagramError(IsmError):
+    """A diagram or lifecycle export cannot be produced or read; nothing was written.
+
+    An unreadable or unknown export, an action or state the lifecycle does not have, a git
+    revision without ``diagrams/lifecycle.json``, or Graphviz's ``dot`` missing or failing.
+    """
 
 
 class ScenarioError(IsmError, ValueError):
