@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean diagrams-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/ism simulate
 
-test: lint typecheck unit
+test: lint typecheck unit diagrams-check
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -26,6 +26,10 @@ typecheck: $(BIN)/.installed
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# CI fails on a stale diagram: diagrams/ must be what `ism diagram --write` makes of the table.
+diagrams-check: $(BIN)/.installed
+	$(BIN)/ism diagram --check
 
 bench: $(BIN)/.installed
 	$(BIN)/ism bench

@@ -21,6 +21,7 @@ from ._diagram_export import (
     ExportedErrorPath,
     ExportedGuard,
     ExportedPowerSync,
+    ExportedState,
     ExportedStep,
     ExportedTimed,
     ExportedTransition,
@@ -206,22 +207,18 @@ def _fold_states_and_transitions(
     for kind, before, after in sides:
         gone = {s.name for s in before.states}
         states = [s for s in after.states if s.name not in gone]
-        owner_of: dict[str, _Key] = {}
+        owner_of = _state_owners(changes, kind, states, after.transitions)
+        folded: dict[_Key, list[str]] = {}
         for state in states:
-            makers = sorted(
-                t.action
-                for t in after.transitions
-                if t.dest == state.name and t.kind in ("accept", "advance")
-            )
-            cause = _cause(changes, kind, makers)
+            cause = owner_of.get(state.name)
             if cause is None:
                 own: _Key = (kind, "state", state.name)
                 add(*own, f"{state.kind}, in {state.vm_state}")
                 owner_of[state.name] = own
-                continue
-            if cause[0] == "changed":
-                add(*cause, f"{_sign(kind)} state {state.name}")
-            owner_of[state.name] = cause
+            elif cause[0] == "changed":
+                folded.setdefault(cause, []).append(state.name)
+        for cause, names in folded.items():
+            add(*cause, f"{_sign(kind)} {_count(len(names), 'state')}: {', '.join(names)}")
         seen = {(t.trigger, t.source, t.dest) for t in before.transitions}
         extra: dict[_Key, list[ExportedTransition]] = {}
         for t in after.transitions:
@@ -240,6 +237,44 @@ def _fold_states_and_transitions(
                 rest = len(lines) - _MAX_TRANSITION_LINES
                 lines = [*lines[:_MAX_TRANSITION_LINES], f"… and {rest} more"]
             add(*cause, *lines)
+
+
+def _state_owners(
+    changes: dict[_Key, list[str]],
+    kind: ChangeKind,
+    states: Sequence[ExportedState],
+    transitions: Sequence[ExportedTransition],
+) -> dict[str, _Key]:
+    """Which change brought (or took away) each new (or gone) state.
+
+    A state entered from an old state is owned by the change of the action whose transition
+    enters it; a state entered only from other new states inherits their owner (a stable
+    state that becomes unreachable takes its transient steps with it).
+    """
+    names = {s.name for s in states}
+    owners: dict[str, _Key] = {}
+    grew = True
+    while grew:
+        grew = False
+        for state in states:
+            if state.name in owners:
+                continue
+            entering = [t for t in transitions if t.dest == state.name and t.source != t.dest]
+            frontier = sorted(t.action for t in entering if t.source not in names)
+            cause = _cause(changes, kind, frontier)
+            if cause is None:
+                inherited = sorted(
+                    {owners[t.source] for t in entering if t.source in owners}, key=str
+                )
+                cause = inherited[0] if inherited else None
+            if cause is not None:
+                owners[state.name] = cause
+                grew = True
+    return owners
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _cause(changes: dict[_Key, list[str]], kind: ChangeKind, actions: Iterable[str]) -> _Key | None:

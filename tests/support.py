@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec
 
 import attrs
+import pytest
 
 from drivers.simulator import LatencyModel, SimulatorDriver
 from statemachine.clock import VirtualClock, run_virtual
@@ -89,3 +92,18 @@ async def world(
     )
     async with engine:
         yield World(engine, sim, capture)
+
+
+def require_binary(name: str, why: str) -> str:
+    """The path of an external program a test needs.
+
+    On a dev machine without it the test skips, saying so; in CI (``ISM_REQUIRE_SERVICES=1``,
+    exported by ``.ci/run``) it fails, so a missing install step cannot hide behind a skip.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({why})"
+        if os.environ.get("ISM_REQUIRE_SERVICES") == "1":
+            pytest.fail(message + " and ISM_REQUIRE_SERVICES=1")
+        pytest.skip(message)
+    return path

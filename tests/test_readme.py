@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from statemachine.cli import main
-from statemachine.diagrams import mermaid_overview
+from statemachine.diagrams import export_lifecycle, mermaid_overview, states_markdown
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -58,6 +58,13 @@ def test_readme_diagram_is_the_tables() -> None:
     """The Mermaid overview in the README is the one generated from the lifecycle."""
     blocks = [body for lang, body in BLOCKS if lang == "mermaid"]
     assert blocks == [mermaid_overview(DEFAULT_LIFECYCLE)]
+
+
+def test_readme_state_tables_are_the_tables() -> None:
+    """The README's tables of states and actions are ``ism states --format markdown``."""
+    begin, end = "<!-- ism states --format markdown -->\n", "<!-- end ism states -->"
+    table = README[README.index(begin) + len(begin) : README.index(end)]
+    assert table == states_markdown(export_lifecycle(DEFAULT_LIFECYCLE))
 
 
 def test_committed_diagram_is_current(capsys: pytest.CaptureFixture[str]) -> None:
