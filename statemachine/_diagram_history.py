@@ -23,6 +23,7 @@ from .states import VmState
 
 __all__ = [
     "MAX_PATH_POINTS",
+    "MAX_TIMELINE_INTERVALS",
     "MAX_TIMELINE_ROWS",
     "PathPoint",
     "StateInterval",
@@ -34,6 +35,8 @@ MAX_PATH_POINTS = 10_000
 """The most records one path diagram takes (a longer history is cut by the caller)."""
 MAX_TIMELINE_ROWS = 500
 """The most instances one timeline draws (beyond that it is unreadable anyway)."""
+MAX_TIMELINE_INTERVALS = 100_000
+"""The most bars one timeline draws (about 10 MB of SVG)."""
 
 
 @attrs.frozen
@@ -195,11 +198,14 @@ def timeline_svg(
     with the state and its times. Rows keep the order instances first appear in.
 
     Raises:
-        DiagramError: no intervals, more than :data:`MAX_TIMELINE_ROWS` instances, an interval
-            that ends before it starts, or naive and aware datetimes mixed.
+        DiagramError: no intervals, more than :data:`MAX_TIMELINE_ROWS` instances or
+            :data:`MAX_TIMELINE_INTERVALS` intervals, an interval that ends before it starts,
+            or naive and aware datetimes mixed.
     """
     if not intervals:
         raise DiagramError("a timeline needs at least one state interval")
+    if len(intervals) > MAX_TIMELINE_INTERVALS:
+        raise DiagramError(f"{len(intervals)} intervals is more than {MAX_TIMELINE_INTERVALS}")
     rows: dict[str, None] = {}
     for interval in intervals:
         rows.setdefault(interval.instance, None)

@@ -29,6 +29,7 @@ from ._diagram_dot import dot_binary, render_svg, source_hash, svg_source_hash, 
 from ._diagram_export import EXPORT_FORMAT, LifecycleExport, export_lifecycle
 from ._diagram_history import (
     MAX_PATH_POINTS,
+    MAX_TIMELINE_INTERVALS,
     MAX_TIMELINE_ROWS,
     PathPoint,
     StateInterval,
@@ -47,6 +48,7 @@ __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_PATH",
     "MAX_PATH_POINTS",
+    "MAX_TIMELINE_INTERVALS",
     "MAX_TIMELINE_ROWS",
     "OVERVIEW_PATH",
     "Change",
