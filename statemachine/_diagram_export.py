@@ -24,9 +24,11 @@ import attrs
 
 from ._schema import (
     Action,
+    Concurrency,
     ErrorPath,
     Lifecycle,
     PowerSyncRule,
+    Rule,
     Step,
     TimedTransition,
     Transition,
@@ -96,13 +98,13 @@ class ExportedGuard:
         note: a diagram shows them as the edges' sources.
         """
         notes: list[str] = []
-        if self.rule != "owner_or_admin":
+        if self.rule != Rule.OWNER_OR_ADMIN.value:
             notes.append(self.rule)
-        if self.concurrency == "preempts":
+        if self.concurrency == _concurrency(Concurrency.PREEMPTS):
             notes.append("preempts")
-        elif self.concurrency == "takes_over":
+        elif self.concurrency == _concurrency(Concurrency.TAKES_OVER):
             notes.append("takes over")
-        elif self.concurrency == "joins":
+        elif self.concurrency == _concurrency(Concurrency.JOINS):
             notes.append("joins a task")
         elif self.task_states is None:
             notes.append("any task")
@@ -162,7 +164,12 @@ class ExportedAction:
     @property
     def free(self) -> bool:
         """An action that sets no task_state (``lock``): it changes no state."""
-        return self.guard.concurrency == "free"
+        return self.guard.concurrency == _concurrency(Concurrency.FREE)
+
+    @property
+    def joins(self) -> bool:
+        """An action that takes over a running task that accepts it (live_migrate_abort)."""
+        return self.guard.concurrency == _concurrency(Concurrency.JOINS)
 
 
 @attrs.frozen
@@ -347,7 +354,7 @@ def _export_action(a: Action) -> ExportedAction:
             task_states=task_states,
             lock_check=a.lock_check,
             rule=a.rule.value,
-            concurrency=a.concurrency.name.lower(),
+            concurrency=_concurrency(a.concurrency),
             preconditions=tuple(sorted(p.name.lower() for p in a.preconditions)),
             must_have_launched=a.must_have_launched,
         ),
@@ -358,6 +365,11 @@ def _export_action(a: Action) -> ExportedAction:
         error_path=_export_error(a.on_error),
         power_after=None if a.power_after is None else a.power_after.label,
     )
+
+
+def _concurrency(value: Concurrency) -> str:
+    """The export's name of a concurrency class (``takes_over``)."""
+    return value.name.lower()
 
 
 def _nf(value: str | None) -> str:

@@ -26,6 +26,7 @@ from typing import Literal
 import attrs
 
 from ._diagram_export import ExportedAction, ExportedTransition, LifecycleExport
+from ._schema import ErrorTo
 
 __all__ = [
     "ANY",
@@ -193,6 +194,14 @@ def _state_node(x: LifecycleExport, name: str, *, detail: tuple[str, ...] = ()) 
     return Node(name, state.task_state, "transient", state.error, state.vm_state, detail)
 
 
+_TO = {
+    "revert": ErrorTo.REVERT_TASK.name.lower(),
+    "rollback": ErrorTo.ROLLBACK.name.lower(),
+    "error": ErrorTo.ERROR.name.lower(),
+}
+"""The export's names of the error-path kinds (as :func:`export_lifecycle` writes them)."""
+
+
 def _error_text(x: LifecycleExport, t: ExportedTransition) -> str:
     """What a fail edge of an action view says: revert, rollback via a call, error, …."""
     action = x.action(t.action)
@@ -200,10 +209,9 @@ def _error_text(x: LifecycleExport, t: ExportedTransition) -> str:
     path = (step.error_path if step is not None else None) or action.error_path
     dest_error = x.state(t.dest).error
     if path.call is not None:
-        return f"{path.call} failed" if dest_error and path.to != "error" else path.call
-    return {"revert_task": "revert", "rollback": "rollback", "error": ""}.get(
-        path.to, "guest down" if dest_error else "guest runs"
-    )
+        return f"{path.call} failed" if dest_error and path.to != _TO["error"] else path.call
+    words = {_TO["revert"]: "revert", _TO["rollback"]: "rollback", _TO["error"]: ""}
+    return words.get(path.to, "guest down" if dest_error else "guest runs")
 
 
 # -- overview ----------------------------------------------------------------------------------
@@ -299,7 +307,7 @@ def action_view(x: LifecycleExport, name: str) -> Picture:
     owner = f"action:{name}"
     states = {s.name: s for s in x.states}
     own = [t for t in x.transitions if t.action == name]
-    joins = action.guard.concurrency == "joins"
+    joins = action.joins
     kept = [
         t for t in own if t.kind not in ("accept", "internal") or joins or states[t.source].stable
     ]
