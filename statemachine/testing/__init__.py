@@ -28,6 +28,7 @@ from ._invariants import (
     assert_no_transient_state,
     assert_phases_closed,
     assert_state_agrees,
+    unclosing_errors,
 )
 from ._simulation import SimulatorHarness
 from ._time import NotOnVirtualTime, VirtualTime, virtual_anyio_backend
@@ -51,6 +52,7 @@ __all__ = [
     "run_covering_paths",
     "run_path",
     "transitions_of",
+    "unclosing_errors",
     "virtual_anyio_backend",
     "virtual_loop_factory",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "assert_no_transient_state",
     "assert_phases_closed",
     "assert_state_agrees",
+    "unclosing_errors",
 ]
 
 _UPDATE = "instance.update"
@@ -35,6 +36,30 @@ def _phases_by_error(lifecycle: Lifecycle) -> dict[str, set[str]]:
         opened = {e.removesuffix(".start") for s in action.steps for e in s.before if ".start" in e}
         for step in action.steps:
             out.setdefault(action.error_event(step), set()).update(opened)
+    return out
+
+
+def unclosing_errors(lifecycle: Lifecycle) -> dict[str, list[str]]:
+    """The ``.error`` names the table makes a failure emit while its action has no phase
+    open, each with the ``action/step`` places that do so.
+
+    Two kinds: a step ahead of the action's first ``.start`` (create's scheduling: Nova sends
+    no ``instance.create.error`` there), and a step after the action's phases have ended
+    (live_migrate's migration step, after ``live_migration_pre.end``). Such an ``.error`` ends
+    nothing, so :func:`assert_phases_closed` accepts it exactly where the table puts it.
+    """
+    out: dict[str, list[str]] = {}
+    for action in lifecycle.actions:
+        opened: list[str] = []
+        for index, step in enumerate(action.steps):
+            opened += [e.removesuffix(".start") for e in step.before if e.endswith(".start")]
+            if not opened:
+                where = step.task_state.value if step.task_state is not None else str(index)
+                out.setdefault(action.error_event(step), []).append(f"{action.name}/{where}")
+            # a step's after events go out once the next step has begun: closed from then on
+            for end in step.after:
+                if end.endswith(".end") and end.removesuffix(".end") in opened:
+                    opened.remove(end.removesuffix(".end"))
     return out
 
 
@@ -75,7 +100,8 @@ def assert_phases_closed(
 
     An ``.end`` must close a phase its ``.start`` opened; an ``.error`` closes the phases its
     action opened (the table says which: ``instance.power_off.error`` ends a stop's phases)
-    and must close at least one. Give every notification since the engine started: a bounded
+    and must close at least one, unless the table makes it fail with no phase open (see
+    :func:`unclosing_errors`). Give every notification since the engine started: a bounded
     capture that dropped the oldest makes this check fail.
 
     Args:
@@ -88,6 +114,7 @@ def assert_phases_closed(
         AssertionError: names the instance and the first broken rule.
     """
     ends = _phases_by_error(lifecycle)
+    unclosing = unclosing_errors(lifecycle)
     for uuid, items in _by_instance(notifications).items():
         numbers = [n.sequence for n in items]
         if numbers != list(range(1, len(items) + 1)):
@@ -106,13 +133,15 @@ def assert_phases_closed(
                 open_phases.remove(phase)
             elif event.endswith(".error"):
                 base = event.removesuffix(".error")
-                ended = ends.get(base, {base})
-                left = [p for p in open_phases if p not in ended]
-                if len(left) == len(open_phases):
+                # one action's error: one of each of its phases (two concurrent crash dumps
+                # of one instance each open their own trigger_crash_dump phase)
+                closing = [p for p in ends.get(base, {base}) if p in open_phases]
+                if not closing and base not in unclosing:
                     raise AssertionError(
                         f"{uuid}: #{n.sequence} {n.event_type} ends no open phase {open_phases}"
                     )
-                open_phases = left
+                for phase in closing:
+                    open_phases.remove(phase)
         if open_phases and not allow_open:
             raise AssertionError(f"{uuid}: phases started but never ended: {open_phases}")
 
