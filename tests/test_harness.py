@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from drivers.base import InjectedFault, PowerState
+from drivers.base import InjectedFault, LifecycleEvent, PowerState
+from drivers.simulator import SimulatorDriver
 from statemachine import (
     ActionFailed,
     Config,
@@ -28,9 +30,12 @@ from statemachine import (
     VirtualTimeLoop,
     VmState,
     WaitTimeout,
+    run_virtual,
 )
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
 from statemachine.testing import (
+    BackgroundEngine,
+    EngineNotRunning,
     NotOnVirtualTime,
     SimulatorHarness,
     VirtualTime,
@@ -244,8 +249,6 @@ async def test_fail_randomly_uses_the_probability(
 @pytest.mark.asyncio
 async def test_unknown_actions_and_steps_are_refused() -> None:
     """A rule naming an action or step the table lacks is an InvalidRequest, not a silent no-op."""
-    from drivers.simulator import SimulatorDriver
-
     sim = SimulatorHarness(SimulatorDriver())
     with pytest.raises(InvalidRequest, match="unknown action 'reboooot'"):
         sim.fail("reboooot")
@@ -340,3 +343,47 @@ def test_errors_that_end_no_phase_are_where_the_table_puts_them() -> None:
         "resize": ["resize/resize_migrated"],
         "unlock": ["unlock/0"],
     }
+
+
+def test_background_engine_is_used_in_order() -> None:
+    """Starting twice or stopping an engine never started is an EngineNotRunning."""
+
+    async def main() -> None:
+        host = BackgroundEngine(Engine(SimulatorDriver()))
+        with pytest.raises(EngineNotRunning, match="never started"):
+            await host.stop()
+        engine = await host.start()
+        assert host.running
+        assert engine is host.engine
+        with pytest.raises(EngineNotRunning, match="already started"):
+            await host.start()
+        await host.stop()
+        assert not host.running
+
+    run_virtual(main)
+
+
+def test_background_engine_outside_asyncio_says_so() -> None:
+    """Without a running asyncio loop (trio, or none), start() raises EngineNotRunning."""
+    start = BackgroundEngine(Engine(SimulatorDriver())).start()
+    with pytest.raises(EngineNotRunning, match="needs a running asyncio loop"):
+        start.send(None)
+
+
+def test_a_crash_inside_the_engine_surfaces_at_stop() -> None:
+    """An error in the engine's own tasks (here its event listener) is raised by stop()."""
+
+    class BrokenEvents(SimulatorDriver):
+        async def events(self) -> AsyncIterator[LifecycleEvent]:
+            raise RuntimeError("event stream broke")
+            yield  # an async generator, as the protocol has it
+
+    async def main() -> None:
+        host = BackgroundEngine(Engine(BrokenEvents()))
+        await host.start()
+        await anyio.sleep(1)
+        with pytest.raises(BaseExceptionGroup) as failure:
+            await host.stop()
+        assert failure.group_contains(RuntimeError, match="event stream broke")
+
+    run_virtual(main)

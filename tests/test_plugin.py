@@ -293,3 +293,21 @@ def test_recorded_coverage_is_printed_in_the_summary(pytester: pytest.Pytester) 
     result.stdout.fnmatch_lines(
         ["*- ism transition coverage -*", "*::test_records: transition coverage: 100.0% of 3*"]
     )
+
+
+def test_pytest_asyncio_auto_mode_works_too(pytester: pytest.Pytester) -> None:
+    """In pytest-asyncio's auto mode, unmarked async tests get the fixtures on virtual time."""
+    pytester.makeini(INI + "asyncio_mode = auto\n")
+    pytester.makepyfile(
+        test_auto=HEADER
+        + textwrap.dedent(
+            """
+            async def test_unmarked(ism_engine, ism_clock):
+                assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
+                await create(ism_engine)
+                await ism_clock.advance(60)
+            """
+        )
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=1)
