@@ -98,14 +98,16 @@ def _line(notification: Notification) -> str:
 
 
 def describe(held: list[Notification], last: int = 20) -> str:
-    """The last ``last`` of ``held`` and each instance's state as its latest notification
-    reported it."""
+    """The last ``last`` of ``held`` and the state the latest notification of each of the
+    ``last`` most recently notified instances reported."""
     lines = [f"last {min(last, len(held))} of {len(held)} notifications:"]
     lines += [f"  {_line(n)}" for n in held[-last:]] or ["  (none)"]
     latest: dict[str, Notification] = {}
-    for n in held:
-        latest[n.instance_uuid] = n
+    for n in reversed(held):
+        if len(latest) == last:
+            break
+        latest.setdefault(n.instance_uuid, n)
     if latest:
         lines.append("instances, as their latest notification reported them:")
-        lines += [f"  {uuid}: {_state(n)}" for uuid, n in latest.items()]
+        lines += [f"  {uuid}: {_state(n)}" for uuid, n in reversed(latest.items())]
     return "\n".join(lines)

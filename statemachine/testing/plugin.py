@@ -178,7 +178,7 @@ def ism_simulator(
 def ism_clock(request: pytest.FixtureRequest) -> VirtualTime:
     """The test loop's virtual clock: ``await ism_clock.advance(3600)`` in no wall time."""
     if not _virtual(request.node):
-        pytest.fail("ism_clock needs virtual time; this test has virtual_time=False")
+        pytest.fail("ism_clock needs virtual time; this test has virtual_time=False", pytrace=False)
     return VirtualTime()
 
 
