@@ -230,6 +230,7 @@ def test_fixtures_can_be_overridden(pytester: pytest.Pytester) -> None:
         ("ism(3)", "mark.ism takes only keyword arguments *"),
         ("ism(virtual_time='yes')", "*mark.ism virtual_time must be True or False"),
         ("ism(config={'resize_window': 3})", "*mark.ism config: unknown config options *"),
+        ("ism(config={'notify_on_state_change': 'x'})", "*mark.ism config: *notify_on_state*"),
         ("ism(hosts='compute1')", "*mark.ism hosts must be a sequence of host names"),
     ],
 )

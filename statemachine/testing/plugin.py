@@ -47,7 +47,6 @@ from drivers.simulator import LatencyModel, SimulatorDriver
 from ..clock import Clock, SystemClock, VirtualClock, is_virtual, virtual_loop_factory
 from ..config import Config
 from ..engine import Engine
-from ..errors import InvalidRequest
 from ..sinks import MemoryCapture
 from ._background import BackgroundEngine
 from ._simulation import SimulatorHarness
@@ -128,7 +127,7 @@ def ism_config(request: pytest.FixtureRequest) -> Config:
         return value
     try:
         return Config.from_mapping(value)
-    except InvalidRequest as exc:
+    except ValueError as exc:  # InvalidRequest, or a validator's own ValueError
         pytest.fail(f"mark.ism config: {exc}", pytrace=False)
 
 
