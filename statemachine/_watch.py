@@ -1,11 +1,13 @@
 """Watching committed changes: bounded watcher streams and event-driven state waits.
 
 Neither polls: a commit publishes its change to every watcher's bounded buffer and wakes the
-waiters of that instance whose condition it meets.
+waiters of that instance whose condition it meets. A waiter also keeps the last states it saw go
+by, so a wait that times out can say where the instance went instead of where it was expected.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +26,24 @@ from .states import TaskState, VmState
 __all__ = ["ChangeFeed"]
 
 _FIELDS = frozenset(f.name for f in attrs.fields(Instance))
+_SEEN = 20
+"""How many of the states an instance passed through a timed-out wait reports (the latest)."""
+
+
+class _Waiter:
+    """One pending :meth:`ChangeFeed.wait_for`: its condition, its wake-up, what it saw."""
+
+    __slots__ = ("event", "predicate", "seen")
+
+    def __init__(self, predicate: Callable[[Instance], bool]) -> None:
+        self.predicate = predicate
+        self.event = anyio.Event()
+        self.seen: deque[str] = deque(maxlen=_SEEN)
+
+    def offer(self, inst: Instance) -> None:
+        self.seen.append(_describe(inst))
+        if self.predicate(inst):
+            self.event.set()
 
 
 class ChangeFeed:
@@ -31,7 +51,7 @@ class ChangeFeed:
 
     def __init__(self) -> None:
         self._watchers: list[MemoryObjectSendStream[StateChange | WatchOverflow]] = []
-        self._waiters: dict[str, list[tuple[Callable[[Instance], bool], anyio.Event]]] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
 
     @property
     def active(self) -> bool:
@@ -54,9 +74,8 @@ class ChangeFeed:
                 self._watchers.remove(send)
         waiters = self._waiters.get(change.new.uuid)
         if waiters:
-            for predicate, event in list(waiters):
-                if predicate(change.new):
-                    event.set()
+            for waiter in list(waiters):
+                waiter.offer(change.new)
 
     def close(self) -> None:
         """End every watcher's iterator."""
@@ -77,8 +96,10 @@ class ChangeFeed:
         fields compare by value.
 
         Raises:
-            WaitTimeout: the state did not match within ``timeout``; says what it was.
+            WaitTimeout: the state did not match within ``timeout``; says what it is and the
+                states the instance passed through while the wait lasted.
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this message, not this
         unknown = set(expected) - _FIELDS
         if unknown:
             raise InvalidRequest(f"unknown instance fields {sorted(unknown)}")
@@ -89,22 +110,23 @@ class ChangeFeed:
         inst = current()
         if matches(inst):
             return inst
-        event = anyio.Event()
-        entry = (matches, event)
-        self._waiters.setdefault(uuid, []).append(entry)
+        waiter = _Waiter(matches)
+        self._waiters.setdefault(uuid, []).append(waiter)
         try:
             with anyio.move_on_after(timeout):
-                await event.wait()
+                await waiter.event.wait()
         finally:
             waiters = self._waiters[uuid]
-            waiters.remove(entry)
+            waiters.remove(waiter)
             if not waiters:
                 del self._waiters[uuid]
         inst = current()
-        if not event.is_set():
-            seen = {k: _plain(getattr(inst, k)) for k in expected}
+        if not waiter.event.is_set():
+            now = {k: _plain(getattr(inst, k)) for k in expected}
+            path = " -> ".join(waiter.seen) if waiter.seen else "no change at all"
             raise WaitTimeout(
-                f"instance {uuid} did not reach {expected} within {timeout:g} s; it is {seen}"
+                f"instance {uuid} did not reach {_plain_map(expected)} within {timeout:g} s; "
+                f"it is {now} ({_describe(inst)}); while waiting it went: {path}"
             )
         return inst
 
@@ -131,6 +153,16 @@ class ChangeFeed:
                 self._watchers.remove(send)
             send.close()
             receive.close()
+
+
+def _describe(inst: Instance) -> str:
+    """``vm_state/task_state/power_state``, the three axes in one short token."""
+    task = inst.task_state.value if inst.task_state is not None else "-"
+    return f"{inst.vm_state.value}/{task}/{inst.power_state.label}"
+
+
+def _plain_map(expected: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in expected.items()}
 
 
 def _plain(value: Any) -> Any:

@@ -18,7 +18,7 @@
     ├── NoValidHost                 placement found no live host with capacity
     ├── BuildTimeout                building outlasted ``instance_build_timeout``
     ├── StepDeadlineExceeded        a step overran its deadline (also TimeoutError)
-    ├── WaitTimeout                 a wait ran out of time (also TimeoutError)
+    ├── WaitTimeout                 a wait ran out of time (also TimeoutError, AssertionError)
     ├── WatchOverflow               a state watcher fell behind its bounded buffer
     ├── LifecycleError              the lifecycle definition is invalid (names the culprit)
     ├── DiagramError                a diagram cannot be drawn (bad export, unknown name, no dot)
@@ -203,8 +203,14 @@ class StepDeadlineExceeded(IsmError, TimeoutError):
         super().__init__(f"step {step} of '{action}' overran its deadline of {seconds:g} s")
 
 
-class WaitTimeout(IsmError, TimeoutError):
-    """A wait ran out of time; the message says what was observed."""
+class WaitTimeout(IsmError, TimeoutError, AssertionError):
+    """A wait ran out of time; the message says what was observed.
+
+    Also an :class:`AssertionError`: in a test, a wait that never ends is a failed expectation,
+    and test runners report it as one (a failure, not an error). The layout allows it: neither
+    ``IsmError`` nor ``AssertionError`` adds fields to ``BaseException``, so only
+    ``TimeoutError`` (``OSError``) shapes the instance.
+    """
 
 
 class WatchOverflow(IsmError):

@@ -19,6 +19,7 @@ import attrs
 from drivers.base import PowerState
 from drivers.simulator import FaultRule, SimulatorDriver
 
+from ._faults import fault_rule
 from ._params import normalize_params, resolve_action
 from .clock import VirtualClock, run_virtual
 from .config import Config
@@ -222,6 +223,24 @@ def _validate_fault(index: int, fault: object) -> None:
     for key in ("step", "message"):
         if key in fault and not isinstance(fault[key], str):
             raise _fail(index, f"fault {key} must be a string")
+    try:  # names the table does not know would make a rule that never fires
+        _fault_rule(fault)
+    except InvalidRequest as exc:
+        raise _fail(index, f"fault: {exc}") from None
+
+
+def _fault_rule(fault: Mapping[str, Any]) -> FaultRule:
+    """The simulator's rule for a (validated) fault step."""
+    return fault_rule(
+        DEFAULT_LIFECYCLE,
+        fault["action"],
+        step=fault.get("step"),
+        mode=fault.get("mode", "raise"),
+        nth=fault.get("nth", 1),
+        times=fault.get("times", 1),
+        probability=fault.get("probability"),
+        message=fault.get("message", "injected fault"),
+    )
 
 
 def _validate_wait(index: int, wait: object, created: set[str]) -> None:
@@ -284,18 +303,7 @@ class _Runner:
         if "do" in step:
             return await self.do(step)
         if "fault" in step:
-            f = step["fault"]
-            self.driver.faults.add(
-                FaultRule(
-                    action=f["action"],
-                    step=f.get("step"),
-                    after=f.get("nth", 1) - 1,
-                    times=None if "probability" in f else f.get("times", 1),
-                    probability=f.get("probability"),
-                    mode=f.get("mode", "raise"),
-                    message=f.get("message", "injected fault"),
-                )
-            )
+            self.driver.faults.add(_fault_rule(step["fault"]))
         elif "wait_for" in step:
             return await self.wait_for(step["wait_for"])
         elif "guest" in step:

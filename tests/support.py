@@ -28,6 +28,15 @@ SMALL = {"vcpus": 1, "memory_mb": 512, "root_gb": 1}
 LARGE = {"vcpus": 2, "memory_mb": 1024, "root_gb": 2}
 
 
+def action_params(action: str, flip: bool) -> dict[str, Any]:
+    """Parameters random runs give an action: a resize alternates flavors, a reboot its type."""
+    if action == "resize":
+        return {"flavor": LARGE if flip else SMALL}
+    if action == "reboot":
+        return {"type": "HARD" if flip else "SOFT"}
+    return {}
+
+
 def virtual(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
     """Run an async test on a fresh virtual-time loop (no plugin needed, deterministic)."""
 

@@ -14,8 +14,8 @@ from statemachine.clock import run_virtual
 from statemachine.config import Config
 from statemachine.errors import ActionRefused
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
-from statemachine.notify import Notification
-from tests.support import ADMIN, LARGE, OWNER, SMALL, world
+from statemachine.testing import assert_invariants
+from tests.support import ADMIN, OWNER, action_params, world
 
 ACTIONS = sorted(
     a.public_name for a in DEFAULT_LIFECYCLE.actions if not a.internal and not a.creates
@@ -28,55 +28,11 @@ STEP = st.one_of(
 )
 
 
-def _params(action: str, flip: bool) -> dict[str, Any]:
-    if action == "resize":
-        return {"flavor": LARGE if flip else SMALL}
-    if action == "reboot":
-        return {"type": "HARD" if flip else "SOFT"}
-    return {}
-
-
-def _phases_by_error() -> dict[str, set[str]]:
-    """For each ``.error`` name, the phases the actions that emit it open (from the table):
-    an error ends its own action's phases, not those of an action running beside it."""
-    out: dict[str, set[str]] = {}
-    for action in DEFAULT_LIFECYCLE.actions:
-        opened = {e[: -len(".start")] for s in action.steps for e in s.before if ".start" in e}
-        for step in action.steps:
-            out.setdefault(action.error_event(step), set()).update(opened)
-    return out
-
-
-PHASES_BY_ERROR = _phases_by_error()
-
-
-def _check_sequences(notifications: list[Notification]) -> None:
-    """Per instance: sequence numbers 1..n; every .start is closed by one .end or .error."""
-    by_uuid: dict[str, list[Notification]] = {}
-    for n in notifications:
-        by_uuid.setdefault(n.instance_uuid, []).append(n)
-    for items in by_uuid.values():
-        assert [n.sequence for n in items] == list(range(1, len(items) + 1))
-        open_phases: list[str] = []
-        for n in items:
-            event = n.event_type.removeprefix("instance.")
-            if event.endswith(".start"):
-                open_phases.append(event[: -len(".start")])
-            elif event.endswith(".end"):
-                assert event[: -len(".end")] in open_phases, (event, open_phases)
-                open_phases.remove(event[: -len(".end")])
-            elif event.endswith(".error"):
-                base = event[: -len(".error")]
-                ended = PHASES_BY_ERROR.get(base, {base})
-                open_phases = [p for p in open_phases if p not in ended]
-        assert not open_phases, open_phases
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(STEP, min_size=1, max_size=14))
 def test_random_runs_keep_the_invariants(steps: list[tuple[str, Any, Any]]) -> None:
     """No transient state once idle; notifications close every phase; the stored state and
-    the last instance.update agree."""
+    the last instance.update agree (the harness's assert_invariants)."""
 
     async def main() -> None:
         config = Config(
@@ -89,7 +45,7 @@ def test_random_runs_keep_the_invariants(steps: list[tuple[str, Any, Any]]) -> N
                 if kind == "do":
                     ctx = ADMIN if what in ("live_migrate", "force_delete") else OWNER
                     with contextlib.suppress(ActionRefused):
-                        await w.engine.submit(ctx, what, uuid, _params(what, how))
+                        await w.engine.submit(ctx, what, uuid, action_params(what, how))
                 elif kind == "fault":
                     w.sim.faults.add(FaultRule(action=what, mode=how, message="prop"))
                 elif kind == "advance":
@@ -98,16 +54,6 @@ def test_random_runs_keep_the_invariants(steps: list[tuple[str, Any, Any]]) -> N
                     w.sim.guest_event(uuid, what)
                     await anyio.sleep(1)
             await w.engine.wait_idle(timeout=86400)
-            inst = w.engine.get(uuid)
-            assert inst.task_state is None, inst
-            notifications = list(w.capture.notifications)
-            _check_sequences(notifications)
-            updates = [n for n in w.capture.for_instance(uuid) if n.event_type == "instance.update"]
-            last = updates[-1].payload["ism_object.data"]
-            change = last["state_update"]["ism_object.data"]
-            assert (change["state"], change["new_task_state"]) == (inst.vm_state.value, None)
-            assert (last["state"], last["power_state"]) == (
-                inst.vm_state.value, inst.power_state.label
-            )  # fmt: skip
+            assert_invariants(w.engine, w.capture.notifications)
 
     run_virtual(main)

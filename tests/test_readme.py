@@ -16,11 +16,14 @@ from statemachine.lifecycle import DEFAULT_LIFECYCLE
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
+FILE_MARK = "# file: "
 
 
 def _examples() -> list[tuple[str, str]]:
     pairs = []
     for i, (lang, body) in enumerate(BLOCKS):
+        if lang == "python" and body.startswith(FILE_MARK):
+            continue  # a whole test file, run by pytest in tests/test_readme_testing.py
         if lang == "python":
             following = BLOCKS[i + 1] if i + 1 < len(BLOCKS) else ("", "")
             assert following[0] == "text", "each python example is followed by its output"

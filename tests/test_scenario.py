@@ -114,6 +114,11 @@ def test_unmet_expectation_exits_1_naming_the_step(
         ({"steps": [{"wait_for": {"event": "x"}}]}, "step 1: wait_for needs a timeout"),
         ({"steps": [{"host_down": "nowhere"}]}, "step 1: host_down names unknown host"),
         ({"steps": [{"fault": {"action": "stop", "mode": "explode"}}]}, "fault mode"),
+        ({"steps": [{"fault": {"action": "stopp"}}]}, "step 1: fault: unknown action 'stopp'"),
+        (
+            {"steps": [{"fault": {"action": "stop", "step": "spawning"}}]},
+            "step 1: fault: 'stop' has no step 'spawning'",
+        ),
         (
             {
                 "steps": [
