@@ -509,11 +509,17 @@ class LibvirtDriver:
         return [] if self._host is None else [self._host]
 
     async def power_state(self, guest: GuestSpec) -> PowerState:
-        """What libvirt reports for the guest now (no domain lock: a read never waits)."""
+        """What libvirt reports for the guest now; NOSTATE when it holds no such domain.
+
+        Takes no domain lock: a read never waits behind a long operation (a clean shutdown).
+        """
         uuid = checked_uuid(guest.uuid)
-        return await self._run(
-            "power_state", uuid, lambda conn: self._state(self._require(conn, uuid))
-        )
+
+        def work(conn: Any) -> PowerState:
+            dom = self._lookup(conn, uuid)
+            return PowerState.NOSTATE if dom is None else self._state(dom)
+
+        return await self._run("power_state", uuid, work)
 
     # -- the protocol: building and destroying -------------------------------------------------
 
