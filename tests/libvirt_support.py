@@ -8,6 +8,7 @@ setup, never a quietly skipped suite.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -111,7 +112,8 @@ def purge(lv: ModuleType, uri: str, uuids: set[str]) -> None:
             if dom.UUIDString() not in uuids:
                 continue
             if dom.isActive():
-                dom.destroy()
+                with contextlib.suppress(lv.libvirtError):  # it may stop meanwhile
+                    dom.destroy()
             dom.undefineFlags(
                 lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             )
