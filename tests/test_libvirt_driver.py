@@ -26,6 +26,7 @@ from drivers import (
     GuestFlavor,
     GuestSpec,
     InvalidGuest,
+    LifecycleEvent,
     LifecycleTransition,
     PowerState,
     UnsupportedOperation,
@@ -42,7 +43,7 @@ from drivers._libvirt_states import (
 )
 from drivers._libvirt_xml import METADATA_NS, domain_xml, validate_guest
 from drivers.libvirt import LibvirtDriver, LibvirtOptions, LibvirtUnavailable
-from statemachine.clock import run_virtual
+from statemachine.clock import run_virtual, to_thread
 from tests.libvirt_support import (
     FAST,
     QEMU_URI,
@@ -398,14 +399,29 @@ def test_a_cancelled_call_keeps_its_domain_until_the_thread_ends() -> None:
 
 
 async def _started_event_on_this_loop(uri: str) -> LifecycleTransition:
+    """Spawn a guest and return the first event heard on the running loop.
+
+    The wait is a thread waiting (at most 30 real seconds) for the event to arrive, through
+    ``statemachine.clock.to_thread``: a virtual clock holds still for it, where a virtual
+    deadline would expire at once, before libvirt's thread delivered anything.
+    """
     async with LibvirtDriver(uri, options=FAST) as driver:
         guest = spec()
         events = aiter(driver.events())
-        await driver.spawn(guest)
-        with anyio.fail_after(30):
-            event = await anext(events)
+        heard: list[LifecycleEvent] = []
+        arrived = threading.Event()
+
+        async def receive() -> None:
+            heard.append(await anext(events))
+            arrived.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await driver.spawn(guest)
+            assert await to_thread(arrived.wait, 30.0)
         await events.aclose()  # type: ignore[attr-defined]
         await driver.destroy(guest)
+        (event,) = heard
         assert event.uuid == guest.uuid
         return event.transition
 

@@ -103,7 +103,7 @@ CYCLE_EVENTS = [
 @pytest.mark.libvirt
 def test_engine_cycles_a_test_hypervisor_domain_on_virtual_time(tmp_path: Path) -> None:
     """On virtual time, the engine creates, stops, starts and deletes a libvirt domain with
-    Nova's notifications; the virtual clock held still during every libvirt call."""
+    Nova's notifications; the test hypervisor's guest answers the graceful shutdown."""
     libvirt_module()
     uri = empty_node_uri(tmp_path)
 
@@ -116,7 +116,7 @@ def test_engine_cycles_a_test_hypervisor_domain_on_virtual_time(tmp_path: Path) 
 
     events, virtual_seconds = run_virtual(main)
     assert events == CYCLE_EVENTS
-    assert virtual_seconds == 0.0  # nothing waited: the test guest answers shutdown at once
+    assert virtual_seconds < 5.0  # stop never waited its shutdown_timeout: the guest answered
 
 
 @pytest.mark.libvirt
