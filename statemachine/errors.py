@@ -36,6 +36,7 @@ from drivers.base import (
     HostUnavailable,
     InjectedFault,
     InsufficientResources,
+    InvalidGuest,
     UnsupportedOperation,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "InjectedFault",
     "InstanceNotFound",
     "InsufficientResources",
+    "InvalidGuest",
     "InvalidRequest",
     "InvalidState",
     "IsmError",

@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from drivers import LifecycleTransition, PowerState, UnsupportedOperation
+from drivers import InvalidGuest, LifecycleTransition, PowerState, UnsupportedOperation
 from drivers.libvirt import LibvirtDriver
-from statemachine.clock import run_virtual
+from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
 from statemachine.engine import Engine, Outcome
 from statemachine.errors import ActionFailed
@@ -268,3 +268,30 @@ async def test_a_domain_destroyed_behind_the_engines_back_is_recorded_stopped() 
             await engine.act(OWNER, "delete", uuid)
         finally:
             purge(lv, QEMU_URI, {uuid})
+
+
+@pytest.mark.libvirt
+def test_a_hostile_image_fails_the_create_with_nothing_defined(tmp_path: Path) -> None:
+    """Through the engine (which refuses hostile names itself), an image reference libvirt
+    cannot carry fails the build with InvalidGuest as the cause, the instance goes to error
+    without a host, and the hypervisor stays empty."""
+    libvirt_module()
+    uri = empty_node_uri(tmp_path)
+
+    async def main() -> None:
+        async with (
+            LibvirtDriver(uri, options=FAST) as driver,
+            Engine(driver, config=Config(drain_timeout=5), clock=VirtualClock()) as engine,
+        ):
+            with pytest.raises(ActionFailed) as failed:
+                await engine.create(
+                    OWNER, name="web1", flavor=TINY, image="cirros\x00</image><devices/>"
+                )
+            assert isinstance(failed.value.__cause__, InvalidGuest)
+            (inst,) = engine.instances()
+            assert (inst.vm_state, inst.host) == (VmState.ERROR, None)
+            assert driver._connection is not None
+            assert driver._connection.conn.listAllDomains(0) == []
+            await engine.act(OWNER, "delete", inst.uuid)
+
+    run_virtual(main)
