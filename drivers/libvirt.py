@@ -607,6 +607,8 @@ class LibvirtDriver:
             def restart(conn: Any) -> PowerState:
                 dom = self._require(conn, uuid)
                 self._hard_off(dom)
+                if dom.hasManagedSaveImage(0):
+                    dom.managedSaveRemove(0)  # a reboot boots afresh (Nova undefines the save)
                 dom.create()
                 return self._state(dom)
 
