@@ -210,67 +210,65 @@ class LibvirtDriver:
 
     # -- the connection ---------------------------------------------------------------------------
 
-    def _open_connection(self, generation: int) -> _Connection:
+    def _open_connection(self, generation: int) -> tuple[_Connection, HostInfo]:
         """On a worker thread: open, register the callbacks, enable keepalive, learn the node.
 
-        Everything registered here is undone by :meth:`_release`, including on failure half-way.
+        On failure half-way, whatever was registered is deregistered before the close.
         """
-        lv, relay = self._libvirt, self._events
+        lv, relay, opts = self._libvirt, self._events, self.options
         conn = lv.open(self.uri)
+        connection = _Connection(conn, -1, generation)
         try:
 
             def lifecycle(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
                 relay.from_thread(dom.UUIDString(), thread_transition(lv, dom, event, detail))
 
-            lifecycle_id = conn.domainEventRegisterAny(
+            connection.lifecycle_id = conn.domainEventRegisterAny(
                 None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None
             )
-            connection = _Connection(conn, lifecycle_id, generation)
             conn.registerCloseCallback(self._closed_from_thread, generation)
             try:
-                conn.setKeepAlive(self.options.keepalive_interval, self.options.keepalive_count)
+                conn.setKeepAlive(opts.keepalive_interval, opts.keepalive_count)
             except lv.libvirtError as exc:
                 if exc.get_error_code() != lv.VIR_ERR_NO_SUPPORT:
                     raise  # local drivers (test://) have no keepalive: nothing can drop
             info = conn.getInfo()
-            opts = self.options
-            self._host = HostInfo(
+            host = HostInfo(
                 name=conn.getHostname(),
                 up=True,
                 vcpus=int(int(info[2]) * opts.cpu_allocation_ratio),
                 memory_mb=int(int(info[1]) * opts.ram_allocation_ratio),
                 disk_gb=opts.disk_gb,
             )
-            return connection
+            return connection, host
         except BaseException:
-            with contextlib.suppress(Exception):
-                conn.close()
+            self._release(connection)
             raise
 
     def _release(self, connection: _Connection) -> None:
         """On a worker thread: deregister every callback, then close (libvirt's required order)."""
         lv, conn = self._libvirt, connection.conn
-        for undo in (
-            lambda: conn.domainEventDeregisterAny(connection.lifecycle_id),
-            conn.unregisterCloseCallback,
-            conn.close,
-        ):
+        undo: list[Callable[[], object]] = []
+        if connection.lifecycle_id >= 0:
+            undo.append(lambda: conn.domainEventDeregisterAny(connection.lifecycle_id))
+        undo += [conn.unregisterCloseCallback, conn.close]
+        for step in undo:
             try:
-                undo()
+                step()
             except lv.libvirtError as exc:  # a dead connection refuses; closing still frees it
                 log.debug("releasing a libvirt connection: %s", exc)
 
     async def _connect(self) -> None:
         self._generation += 1
         try:
-            connection = await self._pool.run(self._open_connection, self._generation)
+            connection, host = await self._pool.run(self._open_connection, self._generation)
         except self._libvirt.libvirtError as exc:
             raise HostUnavailable(self.uri) from exc
         if self._closed:
             await self._pool.run(self._release, connection)
             return
         self._connection = connection
-        self._set_up(True)
+        self._host = host
 
     def _closed_from_thread(self, _conn: Any, reason: int, generation: int) -> None:
         """libvirt's close callback (event thread): the daemon went away or stopped answering."""
@@ -309,7 +307,10 @@ class LibvirtDriver:
                 pause = min(pause * 2, self.options.reconnect_backoff_max)
                 continue
             self.reconnects += 1
-            await self.resync()
+            try:
+                await self.resync()
+            except DriverError as exc:  # lost again: its close callback starts a new round
+                log.warning("resync after reconnecting to %s failed: %s", self.uri, exc)
             return
         log.error(
             "libvirt at %s unreachable after %d attempts; the next operation retries",
