@@ -1,7 +1,7 @@
-"""The hypervisor layer: the ``Driver`` protocol, its vocabulary, and the simulated fleet.
+"""The hypervisor layer: the ``Driver`` protocol, its vocabulary, the simulated fleet, libvirt.
 
-The libvirt driver is not imported here: it needs the libvirt bindings, so it is imported lazily
-from its own module.
+``LibvirtDriver`` is re-exported, but libvirt-python itself is imported only when a driver is
+opened (install the ``ism-engine[libvirt]`` extra), so ``import drivers`` never needs it.
 """
 
 from .base import (
@@ -18,12 +18,14 @@ from .base import (
     HostUnavailable,
     InjectedFault,
     InsufficientResources,
+    InvalidGuest,
     LifecycleEvent,
     LifecycleTransition,
     PowerState,
     RebootType,
     UnsupportedOperation,
 )
+from .libvirt import HypervisorError, LibvirtDriver, LibvirtOptions, LibvirtUnavailable
 from .simulator import (
     DEFAULT_LATENCIES,
     GUEST_OPERATIONS,
@@ -55,9 +57,14 @@ __all__ = [
     "GuestSpec",
     "HostInfo",
     "HostUnavailable",
+    "HypervisorError",
     "InjectedFault",
     "InsufficientResources",
+    "InvalidGuest",
     "LatencyModel",
+    "LibvirtDriver",
+    "LibvirtOptions",
+    "LibvirtUnavailable",
     "LifecycleEvent",
     "LifecycleTransition",
     "PowerState",

@@ -11,6 +11,7 @@ Error tree::
     ├── DriverTimeout (also TimeoutError)
     ├── HostUnavailable
     ├── GuestNotFound (also LookupError)
+    ├── InvalidGuest (also ValueError)
     ├── InsufficientResources
     ├── UnsupportedOperation (also NotImplementedError)
     └── InjectedFault            (raised only by the simulator's fault plan)
@@ -39,6 +40,7 @@ __all__ = [
     "HostUnavailable",
     "InjectedFault",
     "InsufficientResources",
+    "InvalidGuest",
     "LifecycleEvent",
     "LifecycleTransition",
     "PowerState",
@@ -219,6 +221,20 @@ class GuestNotFound(DriverError, LookupError):
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
         super().__init__(f"guest {uuid} not found on the hypervisor")
+
+
+class InvalidGuest(DriverError, ValueError):
+    """The guest's description cannot be given to the hypervisor as it is; nothing was done.
+
+    A real driver turns names, images and flavors into the hypervisor's own language (libvirt:
+    domain XML). A value it cannot carry faithfully (control characters, lone surrogates,
+    absurd lengths, a malformed uuid) is refused before any hypervisor call, never mangled.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid guest {field}: {reason}")
 
 
 class InsufficientResources(DriverError):

@@ -9,8 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from drivers.base import Driver, DriverError
+
 from . import _cli_diagrams
-from .errors import IsmError, ScenarioError
+from .errors import InvalidRequest, IsmError, ScenarioError
 
 __all__ = ["main"]
 
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--instances", type=_positive_int, default=200, metavar="N")
     sim.add_argument("--seed", type=_seed, default=0, metavar="S")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_driver_options(sim)
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
@@ -89,13 +92,45 @@ def _run(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
+    driver = _chosen_driver(args)
     started = time.perf_counter()
     report = simulate(
-        instances=args.instances, seed=args.seed, progress=None if args.quiet else sys.stderr
+        instances=args.instances,
+        seed=args.seed,
+        progress=None if args.quiet else sys.stderr,
+        driver=driver,
     )
     print(report.render())
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0 if report.stuck == 0 else 1
+
+
+# -- choosing a driver (issue 5: the libvirt driver) ----------------------------------------------
+
+
+def _add_driver_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--driver",
+        choices=("simulator", "libvirt"),
+        default="simulator",
+        help="the hypervisor: the simulated fleet (default) or libvirt at --uri",
+    )
+    parser.add_argument(
+        "--uri", metavar="URI", help="libvirt URI, e.g. test:///default or qemu:///system"
+    )
+
+
+def _chosen_driver(args: argparse.Namespace) -> Driver | None:
+    """None for the simulator; a (not yet opened) LibvirtDriver for ``--driver libvirt``."""
+    if args.driver == "simulator":
+        if args.uri is not None:
+            raise InvalidRequest("--uri needs --driver libvirt")
+        return None
+    if not args.uri:
+        raise InvalidRequest("--driver libvirt needs --uri (e.g. test:///default)")
+    from drivers.libvirt import LibvirtDriver
+
+    return LibvirtDriver(args.uri)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -140,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except IsmError as exc:
+    except (IsmError, DriverError) as exc:
         print(f"ism {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ from drivers.base import (
     HostUnavailable,
     InjectedFault,
     InsufficientResources,
+    InvalidGuest,
     UnsupportedOperation,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "InjectedFault",
     "InstanceNotFound",
     "InsufficientResources",
+    "InvalidGuest",
     "InvalidRequest",
     "InvalidState",
     "IsmError",

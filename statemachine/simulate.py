@@ -8,19 +8,22 @@ crash; a host fails and its instances are evacuated. Virtual time makes hours pa
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
 import anyio
 import attrs
 
+from drivers.base import Driver
 from drivers.simulator import FaultRule, SimHost, SimulatorDriver
 
 from ._schema import Action, Concurrency, Precondition, Rule
+from ._simulate_libvirt import LIBVIRT_FLAVORS, supported
 from .clock import VirtualClock, run_virtual
 from .config import Config
 from .engine import ActionHandle, Engine
@@ -145,10 +148,16 @@ def _user_actions() -> list[Action]:
 
 
 class _Fleet:
-    def __init__(self, instances: int, seed: int, progress: _Progress) -> None:
+    def __init__(
+        self, instances: int, seed: int, progress: _Progress, driver: Driver | None = None
+    ) -> None:
         self.rng = random.Random(seed)
         self.n = instances
         self.hosts = [f"compute{i + 1}" for i in range(max(2, instances // 25))]
+        # -- another driver (libvirt): no fault plan, no host failure, tiny guests, cleanup
+        self.external = driver
+        self.flavors = FLAVORS if driver is None else LIBVIRT_FLAVORS
+        self.final: Counter[str] | None = None
         self.driver = SimulatorDriver(
             hosts=[
                 SimHost(name, vcpus=128, memory_mb=262_144, disk_gb=8192) for name in self.hosts
@@ -176,12 +185,18 @@ class _Fleet:
             instance_build_timeout=1800,
         )
         self.engine = Engine(
-            self.driver, config=self.config, sinks=[self.counter], clock=VirtualClock(), seed=seed
+            driver or self.driver,
+            config=self.config,
+            sinks=[self.counter],
+            clock=VirtualClock(),
+            seed=seed,
         )
         self.latencies: list[float] = []
         self.uuids: list[str] = []
         self.progress = progress
         self.actions = _user_actions()
+        if driver is not None:
+            self.actions = [a for a in self.actions if supported(a, driver.capabilities)]
 
     async def _submit(
         self, ctx: RequestContext, name: str, uuid: str | None, params: dict[str, Any]
@@ -201,7 +216,7 @@ class _Fleet:
         rng = self.rng
         inst = self.engine.get(uuid)
         if action.name == "resize":
-            others = [f for f in FLAVORS if f != inst.flavor.as_dict()]
+            others = [f for f in self.flavors if f != inst.flavor.as_dict()]
             return {"flavor": rng.choice(others)}
         if action.public_name == "reboot":
             return {"type": action.variant or "SOFT"}
@@ -221,7 +236,7 @@ class _Fleet:
             None,
             {
                 "name": f"vm{index}",
-                "flavor": rng.choice(FLAVORS),
+                "flavor": rng.choice(self.flavors),
                 "image": "cirros",
                 "admin_pass": f"secret-{index}",
                 "metadata": {"role": "web"},
@@ -281,16 +296,33 @@ class _Fleet:
 
     async def run(self) -> float:
         start = anyio.current_time()
-        async with self.engine, anyio.create_task_group() as tg:
-            for i in range(self.n):
-                owner = RequestContext(
-                    user_id=f"user{i % 7}",
-                    project_id=f"project{i % 5}",
-                    roles=frozenset({"member"}),
-                )
-                tg.start_soon(self.walk, i, owner)
-            tg.start_soon(self.chaos)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.external is not None:
+                await stack.enter_async_context(_opened(self.external))
+                self.hosts = [h.name for h in await self.external.hosts()]
+            async with self.engine:
+                async with anyio.create_task_group() as tg:
+                    for i in range(self.n):
+                        owner = RequestContext(
+                            user_id=f"user{i % 7}",
+                            project_id=f"project{i % 5}",
+                            roles=frozenset({"member"}),
+                        )
+                        tg.start_soon(self.walk, i, owner)
+                    if self.external is None:
+                        tg.start_soon(self.chaos)
+                if self.external is not None:
+                    await self._clean_up()
         return anyio.current_time() - start
+
+    async def _clean_up(self) -> None:
+        """On a real hypervisor: note the final states, then delete what is left."""
+        await self.engine.wait_idle(timeout=3600)
+        self.final = Counter(i.vm_state.value for i in self.engine.instances())
+        for inst in self.engine.instances(include_deleted=False):
+            handle = await self._submit(ADMIN, "force_delete", inst.uuid, {})
+            if handle is not None:
+                await handle.wait()
 
 
 def simulate(
@@ -299,13 +331,19 @@ def simulate(
     seed: int = 0,
     progress: TextIO | None = sys.stderr,
     on_engine: Callable[[Engine], None] | None = None,
+    driver: Driver | None = None,
 ) -> FleetReport:
-    """Run a fleet on virtual time and return what happened."""
-    fleet = _Fleet(instances, seed, _Progress(instances, progress))
+    """Run a fleet on virtual time and return what happened.
+
+    ``driver`` replaces the simulated fleet with a real hypervisor's driver (an async context
+    manager, opened on the run's loop): only actions its capabilities allow are chosen, no fault
+    or host failure is injected, and every instance left is deleted at the end.
+    """
+    fleet = _Fleet(instances, seed, _Progress(instances, progress), driver)
     if on_engine is not None:
         on_engine(fleet.engine)
     elapsed = run_virtual(fleet.run)
-    final = Counter(i.vm_state.value for i in fleet.engine.instances())
+    final = fleet.final or Counter(i.vm_state.value for i in fleet.engine.instances())
     stuck = sum(1 for i in fleet.engine.instances() if i.task_state is not None)
     return FleetReport(
         instances=instances,
@@ -318,3 +356,13 @@ def simulate(
         virtual_seconds=elapsed,
         stuck=stuck,
     )
+
+
+@contextlib.asynccontextmanager
+async def _opened(driver: Driver) -> AsyncIterator[Driver]:
+    """Enter a driver that is an async context manager (libvirt's opens its connection)."""
+    if isinstance(driver, contextlib.AbstractAsyncContextManager):
+        async with driver:
+            yield driver
+    else:
+        yield driver
