@@ -57,6 +57,16 @@ class Config:
     watch_buffer: int = attrs.field(default=10_000, validator=_bounded(1, 10_000_000))
     """Bound on each watcher's buffer of undelivered state changes."""
     drain_timeout: float = attrs.field(default=30.0, validator=_number)
+    group_commit: bool = True
+    """Commit concurrent changes in one transaction (one fsync); False commits each alone."""
+    commit_batch: int = attrs.field(default=1024, validator=_bounded(1, 1_000_000))
+    """The most changes one group commit holds."""
+    commit_queue: int = attrs.field(default=10_000, validator=_bounded(1, 10_000_000))
+    """Bound on changes waiting to be committed; past it committers wait (back-pressure)."""
+    commit_timeout: float = attrs.field(default=60.0, validator=_number)
+    """How long a change may wait for its commit before the store is declared failed."""
+    outbox_max_backlog: int = attrs.field(default=100_000, validator=_bounded(1, 100_000_000))
+    """Undelivered notifications past which new actions are refused with ``Busy``."""
     """How long leaving the engine waits for running actions before cancelling them."""
 
     def option(self, name: str) -> float:

@@ -37,6 +37,7 @@ from drivers.base import (
 )
 
 from ._calls import CALLS, StepRun
+from ._committer import Committer
 from ._params import normalize_params, resolve_action
 from ._placement import Placement
 from ._schema import (
@@ -52,6 +53,7 @@ from ._schema import (
 )
 from ._timers import TimerHandle, TimerService
 from ._watch import ChangeFeed
+from .audit import AuditEntry, AuditEvent
 from .clock import Clock, SystemClock
 from .config import Config
 from .errors import (
@@ -61,6 +63,7 @@ from .errors import (
     BuildTimeout,
     Busy,
     Conflict,
+    DuplicateRequest,
     EngineClosed,
     InstanceNotFound,
     InvalidRequest,
@@ -75,21 +78,23 @@ from .handles import (
     ActionHandle,
     ActionResult,
     EngineStatistics,
+    NoteSpec,
     Outcome,
     StateChange,
     StepHook,
     StepInfo,
-    next_action_id,
 )
+from .history import ActionRecord, actions_from_audit
 from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
-from .notify import Notifier, NotifySettings
+from .notify import Notification, Notifier, NotifySettings
+from .outbox import Outbox
 from .policy import Policy
 from .redact import scrub
 from .sinks import Sink
 from .states import TaskState, VmState
-from .store import MemoryStore
+from .store import MemoryStore, RequestRecord, Store, Write
 
 __all__ = [
     "ActionHandle",
@@ -126,6 +131,7 @@ class Engine:
         policy: Policy | None = None,
         seed: int | None = None,
         hooks: Sequence[StepHook] = (),
+        store: Store | None = None,
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
@@ -134,9 +140,11 @@ class Engine:
         self.machine = LifecycleMachine(lifecycle)
         self.clock: Clock = clock or SystemClock()
         self.policy = policy or Policy()
+        self._seed = seed
         self._rng = random.Random(seed) if seed is not None else None
+        self._ids = random.Random(f"{seed}:actions") if seed is not None else None
         self._check_deadlines()
-        self._store = MemoryStore()
+        self._store: Store = store if store is not None else MemoryStore()
         self._placement = Placement()
         self._timers = TimerService()
         self._notifier = Notifier(
@@ -150,6 +158,22 @@ class Engine:
             new_id=self._new_uuid,
             service_host=self.config.service_host,
         )
+        self._outbox = Outbox(
+            self._store,
+            sinks,
+            flush_marks=self._flush_marks,
+            max_backlog=self.config.outbox_max_backlog,
+        )
+        self._committer = Committer(
+            self._store,
+            deliver=self._outbox.deliver,
+            take_sent=self._outbox.take_sent,
+            group=self.config.group_commit,
+            max_batch=self.config.commit_batch,
+            max_pending=self.config.commit_queue,
+            timeout=self.config.commit_timeout,
+        )
+        self._by_request: dict[str, ActionHandle | anyio.Event] = {}
         self._running: dict[str, ActionHandle] = {}
         self._inflight: set[ActionHandle] = set()
         self._active = 0
@@ -171,9 +195,19 @@ class Engine:
     # -- life of the engine --------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        await self._store.open(writer=self.config.service_host)
+        if self._seed is not None and self._store.generation > 1:
+            # a reopened store already holds this seed's ids: continue with fresh ones,
+            # deterministic for (seed, generation)
+            self._rng = random.Random(f"{self._seed}:{self._store.generation}")
+            self._ids = random.Random(f"{self._seed}:{self._store.generation}:actions")
+        self._notifier.restore_sequences(self._store.last_sequences())
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._timers.run)
+        self._tg.start_soon(self._committer.run)
+        self._tg.start_soon(self._outbox.run)
+        await self._outbox.replay()
         for record in self._store.all():
             self._rearm(record)
         if self.config.handle_virt_lifecycle_events:
@@ -200,10 +234,16 @@ class Engine:
             with anyio.move_on_after(self.config.drain_timeout, shield=True):
                 while self._active:
                     await self._idle.wait()
+                await self._committer.wait_idle()
+                await self._committer.flush_marks()
             self._tg.cancel_scope.cancel()
             tg, self._tg = self._tg, None
-            result = await tg.__aexit__(exc_type, exc, tb)
-            self._feed.close()
+            try:
+                result = await tg.__aexit__(exc_type, exc, tb)
+            finally:
+                self._feed.close()
+                with anyio.CancelScope(shield=True):
+                    await self._store.close()
         return result
 
     def _check_deadlines(self) -> None:
@@ -224,6 +264,19 @@ class Engine:
         if self._rng is None:
             return str(uuidlib.uuid4())
         return str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
+
+    async def _flush_marks(self) -> None:
+        await self._committer.flush_marks()
+
+    def _new_action_id(self) -> str:
+        if self._ids is None:
+            return str(uuidlib.uuid4())
+        return str(uuidlib.UUID(int=self._ids.getrandbits(128), version=4))
+
+    @property
+    def store(self) -> Store:
+        """Where the engine's instances, audit log and outbox live."""
+        return self._store
 
     def _user_data(self, uuid: str) -> str | None:
         return self._user_data_by_uuid.get(uuid)
@@ -313,8 +366,11 @@ class Engine:
                 raise InvalidRequest("only idle Instance records can be adopted")
             if record.state not in known:
                 raise InvalidRequest(f"state {record.state} is not in the lifecycle")
+        load = getattr(self._store, "load", None)
+        if load is None:
+            raise InvalidRequest("adopt needs a store that loads records (the memory store)")
         try:
-            self._store.load(batch)
+            load(batch)
         except Conflict as exc:
             raise InvalidRequest(f"cannot adopt: {exc}") from None
         for record in batch:
@@ -424,15 +480,138 @@ class Engine:
     ) -> ActionHandle:
         """Accept ``action`` and start it; return at once with its handle.
 
+        A request id (``ctx.request_id``) that was already accepted — by this engine, an earlier
+        run on the same store, or another engine on it — returns the first action's handle
+        (running, or ended with its recorded outcome) instead of running it twice.
+
         Raises:
-            ActionRefused: not accepted; nothing changed.
+            ActionRefused: not accepted; nothing changed but the refusal's audit record.
         """
+        rid = ctx.request_id if isinstance(ctx, RequestContext) else None
+        reservation: anyio.Event | None = None
         try:
-            return await self._accept(ctx, action, instance, dict(params or {}))
-        except ActionRefused:
+            if rid is not None:
+                earlier = await self._earlier_request(ctx, action, instance, rid)
+                if earlier is not None:
+                    return earlier
+                reservation = anyio.Event()
+                self._by_request[rid] = reservation
+                record = await self._store.find_request(rid)
+                if record is not None:
+                    return await self._replayed(ctx, record, action, instance)
+            try:
+                return await self._accept(ctx, action, instance, dict(params or {}))
+            except DuplicateRequest:
+                # another engine on the same store took the id first (its write won)
+                record = await self._store.find_request(rid or "")
+                if record is None:
+                    raise
+                return await self._replayed(ctx, record, action, instance)
+        except ActionRefused as exc:
             self._refused += 1
-            self._count(action, "refused")
+            self._count(action if isinstance(action, str) else "?", "refused")
+            if not isinstance(exc, EngineClosed):
+                await self._audit_refusal(ctx, action, instance, exc)
             raise
+        finally:
+            if reservation is not None:
+                if self._by_request.get(rid or "") is reservation:
+                    del self._by_request[rid or ""]
+                reservation.set()
+
+    async def _earlier_request(
+        self, ctx: RequestContext, action: str, instance: str | None, rid: str
+    ) -> ActionHandle | None:
+        """The in-flight action of a request id, waiting (bounded) while it is being accepted."""
+        slot = self._by_request.get(rid)
+        if isinstance(slot, anyio.Event):
+            with anyio.move_on_after(self.config.commit_timeout):
+                await slot.wait()
+            slot = self._by_request.get(rid)
+        if not isinstance(slot, ActionHandle):
+            return None
+        self._same_request(slot.action.name, slot.uuid, action, instance, rid)
+        return slot
+
+    def _same_request(
+        self, first: str, first_instance: str | None, action: str, instance: str | None, rid: str
+    ) -> None:
+        """A repeated request id must repeat its request, not name another one."""
+        public = self.lifecycle.action(first).public_name
+        creates = self.lifecycle.action(first).creates
+        if public != action or (not creates and first_instance != instance):
+            raise InvalidRequest(
+                f"request id {rid} was already used for '{public}' on {first_instance}",
+                action=action,
+                instance=instance,
+            )
+
+    async def _replayed(
+        self, ctx: RequestContext, record: RequestRecord, action: str, instance: str | None
+    ) -> ActionHandle:
+        """A handle, already ended, carrying the outcome the audit log recorded for a request
+        accepted earlier (an action interrupted by a restart says so)."""
+        self._same_request(record.action, record.instance, action, instance, record.request_id)
+        entry = self.lifecycle.action(record.action)
+        uuid = record.instance or ""
+        trail = await self._store.read_audit(action_id=record.action_id)
+        ends = [r for r in trail if r.event in ("completed", "failed", "preempted")]
+        last = ends[-1] if ends else None
+        error: IsmError | None = None
+        outcome = Outcome.OK
+        if last is None:
+            outcome = Outcome.FAILED
+            error = ActionFailed(entry.public_name, uuid, None, "interrupted: the engine stopped")
+        elif last.event == "failed":
+            outcome = Outcome.FAILED
+            fault = last.get("fault") or {}
+            before = last.get("before") or {}
+            error = ActionFailed(
+                entry.public_name, uuid, before.get("task_state"), str(fault.get("message", ""))
+            )
+        elif last.event == "preempted":
+            outcome = Outcome.PREEMPTED
+            error = ActionPreempted(entry.public_name, uuid, str(last.get("message") or "?"))
+        inst = self._store.get(uuid)
+        now = anyio.current_time()
+        handle = ActionHandle(
+            id=record.action_id,
+            action=entry,
+            uuid=uuid,
+            ctx=ctx,
+            params={},
+            started_at=now,
+            inst=inst,
+        )
+        handle.result = ActionResult(
+            action=entry.public_name,
+            instance=inst,
+            outcome=outcome,
+            error=error,
+            request_id=record.request_id,
+            started_at=now,
+            ended_at=now,
+        )
+        handle.done.set()
+        return handle
+
+    async def _audit_refusal(
+        self, ctx: object, action: object, instance: object, exc: ActionRefused
+    ) -> None:
+        """Record a refusal (whoever asked, whatever they sent, bounded and scrubbed)."""
+        context = ctx if isinstance(ctx, RequestContext) else None
+        entry = AuditEntry.build(
+            "refused",
+            when=self.clock.wall(),
+            instance=instance[:64] if isinstance(instance, str) else None,
+            action=action[:64] if isinstance(action, str) else None,
+            action_id=None,
+            ctx=context,
+            outcome="refused",
+            message=f"{type(exc).__name__}: {str(exc)[:512]}",
+        )
+        with anyio.CancelScope(shield=True):
+            await self._committer.persist(Write(audit=(entry,)))
 
     # -- acceptance -----------------------------------------------------------------------
 
@@ -453,6 +632,12 @@ class Engine:
             raise Busy(
                 f"{self._active} actions in flight (max_actions)", action=name, instance=uuid
             )
+        if self._outbox.overloaded:
+            raise Busy(
+                f"{self._outbox.backlog} notifications wait for delivery (outbox_max_backlog)",
+                action=name,
+                instance=uuid,
+            )
         if action.creates:
             return await self._accept_create(ctx, action, params)
         if uuid is None:
@@ -464,7 +649,12 @@ class Engine:
     ) -> ActionHandle:
         """Guards, then the compare-and-swap that starts the action. A swap that loses only to
         a change that left the guards true (a lock, a power-state update) is retried, bounded;
-        a real conflict surfaces as the guards' refusal or as :class:`Conflict`."""
+        a real conflict surfaces as the guards' refusal or as :class:`Conflict`.
+
+        The swap's write carries the acceptance's audit record, the request id and the
+        ``.error`` of a preempted action, in one unit. The first step's opening events come
+        from the action's own task once it runs, so an action preempted before that says
+        nothing at all."""
         name = action.public_name
         for attempt in range(3):
             inst = self._store.get(uuid)
@@ -476,6 +666,8 @@ class Engine:
             if action.concurrency is Concurrency.FREE:
                 self.machine.apply(trigger_name(action.name, "accept"), inst.state, inst.state)
                 handle = self._new_handle(action, inst, ctx, params)
+                # nothing changes yet: the acceptance is recorded with the action's first write
+                handle.pending_audit.append(self._entry("accepted", handle, before=inst))
                 self._start(handle, running_slot=False)
                 return handle
             if action.concurrency is Concurrency.JOINS:
@@ -494,18 +686,28 @@ class Engine:
                 request_id=ctx.request_id,
             )
             try:
-                await self._store.swap(inst, new)
+                self._store.stage(inst, new)
             except Conflict:
                 if attempt == 2:
                     raise
                 continue
             handle.inst = new
             if running is not None and action.concurrency is not Concurrency.EXCLUSIVE:
-                self._preempt(running, by=action.public_name, current=inst)
-            self._committed(inst, new, handle)
+                handle.pending.extend(self._preempt(running, by=action.public_name, current=inst))
+            await self._accepted_write(handle, inst, new)
             self._start(handle, running_slot=True)
             return handle
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _accepted_write(
+        self, handle: ActionHandle, old: Instance | None, new: Instance
+    ) -> None:
+        """Persist a staged acceptance (shielded: once staged it is written, whatever happens
+        to the caller, or the instance would be left owned by an action that never runs)."""
+        self._note_update(handle, old, new)
+        with anyio.CancelScope(shield=True):
+            await self._persist(handle, old, new, "accepted")
+        self._committed(old, new, handle)
 
     async def _check_guards(
         self, ctx: RequestContext, action: Action, inst: Instance, params: Mapping[str, Any]
@@ -552,10 +754,10 @@ class Engine:
         handle = self._new_handle(action, inst, ctx, params)
         inst = attrs.evolve(inst, action_id=handle.id)
         handle.inst = inst
-        await self._store.insert(inst)
+        self._store.stage(None, inst)
+        await self._accepted_write(handle, None, inst)
         if "user_data" in params:
             self._user_data_by_uuid[uuid] = params["user_data"]
-        self._committed(None, inst, handle)
         self._start(handle, running_slot=True)
         return handle
 
@@ -567,8 +769,8 @@ class Engine:
             extra["new_flavor"] = params["flavor"]  # resize_prep's payload carries it
         if "rescue_image" in action.params:
             extra["rescue_image_ref"] = params.get("rescue_image", inst.image)
-        return ActionHandle(
-            id=next_action_id(),
+        handle = ActionHandle(
+            id=self._new_action_id(),
             action=action,
             uuid=inst.uuid,
             ctx=ctx,
@@ -577,33 +779,58 @@ class Engine:
             inst=inst,
             extra=extra,
         )
+        if ctx.request_id is not None:
+            handle.request = RequestRecord(ctx.request_id, handle.id, action.name, inst.uuid)
+        return handle
+
+    @staticmethod
+    def _first_step(action: Action, inst: Instance) -> tuple[int, Step]:
+        for index, step in enumerate(action.steps):
+            if not (step.needs_host and inst.host is None):
+                return index, step
+        raise AssertionError(f"{action.name}: every step was skipped")
+
+    def _enter_step(self, handle: ActionHandle, at: tuple[int, Step]) -> None:
+        """The action is now at this step: note the step's opening events."""
+        handle.step_index, handle.step = at
+        for event in handle.step.before:
+            self._note(event, handle.inst, handle)
 
     def _start(self, handle: ActionHandle, *, running_slot: bool) -> None:
         assert self._tg is not None
         self._accepted += 1
         if running_slot:
             self._running[handle.uuid] = handle
+        if handle.ctx.request_id is not None:
+            self._by_request[handle.ctx.request_id] = handle
         self._inflight.add(handle)
         self._active += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._tg.start_soon(self._run, handle, name=f"ism:{handle.name}:{handle.uuid}")
 
-    def _preempt(self, victim: ActionHandle, *, by: str, current: Instance) -> None:
-        """End ``victim``: it emits its ``.error`` now (so every ``.start`` has an end), then
-        its scope is cancelled; its next compare-and-swap would fail anyway."""
+    def _preempt(self, victim: ActionHandle, *, by: str, current: Instance) -> list[NoteSpec]:
+        """End ``victim`` at once: mark it preempted and cancel its scope (its next
+        compare-and-swap would fail anyway). Returns its ``.error``, which travels in the
+        preemptor's write, so every ``.start`` has an end."""
         victim.preempted_by = by
+        notes: list[NoteSpec] = []
         if victim.open_phases:
             err = ActionPreempted(victim.name, victim.uuid, by)
-            self._emit(
-                f"{victim.action.error_event(victim.step)}.error",
-                current,
-                victim,
-                fault=self._fault(err, victim),
+            notes.append(
+                NoteSpec(
+                    f"{victim.action.error_event(victim.step)}.error",
+                    current,
+                    victim.ctx,
+                    self._fault(err, victim),
+                    victim.extra,
+                )
             )
+            victim.open_phases.clear()
         victim.scope.cancel()
         if self._running.get(victim.uuid) is victim:
             del self._running[victim.uuid]
+        return notes
 
     # -- running ----------------------------------------------------------------------------
 
@@ -635,6 +862,13 @@ class Engine:
                 )
             else:
                 outcome = Outcome.OK
+            if outcome is Outcome.PREEMPTED:
+                assert isinstance(error, ActionPreempted)
+                handle.pending_audit.append(
+                    self._entry("preempted", handle, outcome="preempted", message=error.by)
+                )
+            with anyio.CancelScope(shield=True):
+                await self._flush(handle)
         finally:
             self._inflight.discard(handle)
             if outcome is Outcome.FAILED and error is None:
@@ -642,6 +876,9 @@ class Engine:
                 error = ActionFailed(handle.name, handle.uuid, _step_name(handle.step), "cancelled")
             if self._running.get(handle.uuid) is handle:
                 del self._running[handle.uuid]
+            rid = handle.ctx.request_id
+            if rid is not None and self._by_request.get(rid) is handle:
+                del self._by_request[rid]
             try:
                 inst = self._store.get(handle.uuid)
             except InstanceNotFound:
@@ -663,12 +900,20 @@ class Engine:
                 self._idle.set()
 
     async def _run_steps(self, handle: ActionHandle) -> IsmError | None:
-        """Run every step; return the error that ended the action, or None."""
+        """Run every step; return the error that ended the action, or None.
+
+        Each step's opening events were noted when the action arrived at it (with the
+        acceptance, or with the previous step's commit); whatever is still unwritten is
+        flushed before the step's driver call.
+        """
         action = handle.action
+        if handle.scope.cancel_called:
+            return None  # preempted (or interrupted) before it began: it says nothing
+        self._enter_step(handle, self._first_step(action, handle.inst))
         pending: dict[str, Any] = {}
         previous: Step | None = None
         for index, step in enumerate(action.steps):
-            if step.needs_host and handle.inst.host is None:
+            if index < handle.step_index or (step.needs_host and handle.inst.host is None):
                 continue
             if previous is not None:
                 failed = await self._advance(handle, previous, step, index, pending)
@@ -676,12 +921,8 @@ class Engine:
                     return failed
                 pending = {}
             if handle.scope.cancel_called:
-                # preempted (or interrupted) before this step began: say nothing more; the
-                # first step's events would otherwise go out before the first checkpoint
+                # preempted (or interrupted) before this step's call: say nothing more here
                 return None
-            handle.step, handle.step_index = step, index
-            for event in step.before:
-                self._emit(event, handle.inst, handle)
             try:
                 pending = await self._run_step(handle, step)
             except Exception as exc:  # translated at this edge; BaseException propagates
@@ -700,7 +941,10 @@ class Engine:
         index: int,
         pending: dict[str, Any],
     ) -> IsmError | None:
+        """Move to the next step: its task_state and the previous step's results in one
+        commit, which also carries the previous step's closing and this step's opening events."""
         vm = handle.inst.vm_state
+        after = (*previous.after,)
         try:
             if step.task_state != previous.task_state:
                 await self._commit(
@@ -708,15 +952,20 @@ class Engine:
                     trigger_name(handle.action.name, "advance", index),
                     (vm, step.task_state),
                     pending,
+                    after=after,
+                    enter=(index, step),
                 )
-            elif pending:
-                await self._commit(handle, None, None, pending)
-            elif handle.action.concurrency is not Concurrency.FREE:
+                return None
+            if pending:
+                await self._commit(handle, None, None, pending, after=after, enter=(index, step))
+                return None
+            if handle.action.concurrency is not Concurrency.FREE:
                 self._check_owner(handle)  # nothing to write: still, is the task still ours?
         except Conflict as exc:
             return self._lost(handle, exc)
-        for event in previous.after:
-            self._emit(event, handle.inst, handle)
+        for event in after:
+            self._note(event, handle.inst, handle)
+        self._enter_step(handle, (index, step))
         return None
 
     async def _finish_steps(
@@ -725,26 +974,29 @@ class Engine:
         action = handle.action
         try:
             if action.concurrency is Concurrency.FREE:
-                if pending:
-                    await self._commit(handle, None, None, pending)
+                await self._commit(handle, None, None, pending, after=last.after, audit="completed")
             else:
                 current = self._store.get(handle.uuid)
                 dest_vm = action.target.resolve(current.vm_state, current.old_vm_state)
                 if action.power_after is not None and "power_state" not in pending:
                     pending["power_state"] = action.power_after
                 await self._commit(
-                    handle, trigger_name(action.name, "done"), (dest_vm, None), pending
+                    handle,
+                    trigger_name(action.name, "done"),
+                    (dest_vm, None),
+                    pending,
+                    after=last.after,
+                    audit="completed",
                 )
         except Conflict as exc:
             return self._lost(handle, exc)
         handle.ended = True
-        for event in last.after:
-            self._emit(event, handle.inst, handle)
         return None
 
     async def _run_step(self, handle: ActionHandle, step: Step) -> dict[str, Any]:
         if step.call is None and not self._hooks:
             return {}
+        await self._flush(handle)
         run = StepRun(
             engine=self,
             action=handle.action,
@@ -799,22 +1051,29 @@ class Engine:
         return ActionPreempted(handle.name, handle.uuid, by)
 
     async def _fail(self, handle: ActionHandle, exc: BaseException) -> IsmError:
-        """Emit ``.error``, run the error path, commit where it leads; return ActionFailed."""
+        """Note ``.error``, run the error path, commit where it leads; return ActionFailed.
+
+        ``.error`` closes the action's open phases; one that has closed them all already (a
+        live migration failing after its pre phase ended) says nothing more, and one that
+        never opened a phase (a create that found no host) still reports its failure.
+        """
         action, step = handle.action, handle.step or handle.action.steps[0]
         fault = self._fault(exc, handle)
-        self._emit(f"{action.error_event(step)}.error", handle.inst, handle, fault=fault)
+        if handle.open_phases or not handle.opened_any:
+            self._note(f"{action.error_event(step)}.error", handle.inst, handle, fault=fault)
         failed = ActionFailed(action.name, handle.uuid, _step_name(step), scrub(str(exc)))
         failed.__cause__ = exc
         if action.concurrency is Concurrency.FREE:
-            await self._commit(handle, None, None, {"fault": fault})
+            await self._commit(handle, None, None, {"fault": fault}, audit="failed", fault=fault)
             handle.ended = True
             return failed
         path = action.error_path(step)
         to = path.to
         changes: dict[str, Any] = {"fault": fault}
         if path.events:
-            self._emit(path.events[0], handle.inst, handle)
+            self._note(path.events[0], handle.inst, handle)
         if path.call is not None:
+            await self._flush(handle)  # what led here is written before the clean-up call
             run = StepRun(
                 self,
                 action,
@@ -842,6 +1101,7 @@ class Engine:
         if to is ErrorTo.ERROR:
             dest = VmState.ERROR
         elif to is ErrorTo.ACTIVE_IF_RUNNING:
+            await self._flush(handle)
             dest = VmState.ACTIVE if await self._guest_running(handle.inst) else VmState.ERROR
         else:
             dest = vm
@@ -850,12 +1110,18 @@ class Engine:
         if to is ErrorTo.ERROR and action.creates:
             self._placement.release(handle.uuid)
         try:
-            await self._commit(handle, trigger_name(action.name, "fail"), (dest, None), changes)
+            await self._commit(
+                handle,
+                trigger_name(action.name, "fail"),
+                (dest, None),
+                changes,
+                after=path.events[1:],
+                audit="failed",
+                fault=fault,
+            )
         except Conflict as lost:
             return self._lost(handle, lost)
         handle.ended = True
-        for event in path.events[1:]:
-            self._emit(event, handle.inst, handle)
         return failed
 
     async def _guest_running(self, inst: Instance) -> bool:
@@ -890,9 +1156,16 @@ class Engine:
         trigger: str | None,
         dest: tuple[VmState, TaskState | None] | None,
         changes: Mapping[str, Any],
+        *,
+        after: Sequence[str] = (),
+        enter: tuple[int, Step] | None = None,
+        audit: AuditEvent = "state",
+        fault: Fault | None = None,
     ) -> Instance:
         """Compare-and-swap the record the action expects (task_state and owner), validated by
-        the machine, then notify. Shielded: a commit either happens whole or not at all."""
+        the machine, and make it durable with its audit record and notifications: what was
+        noted before, ``instance.update``, the ``after`` events, and the opening events of the
+        step it ``enter``s. Shielded: a commit either happens whole or not at all."""
         with anyio.CancelScope(shield=True):
             for _ in range(8):  # bounded: retries only when a FREE change slipped in between
                 if handle.action.concurrency is Concurrency.FREE:
@@ -908,14 +1181,103 @@ class Engine:
                 fields["updated_at"] = self.clock.wall()
                 new = current.evolve(**fields)
                 try:
-                    await self._store.swap(current, new)
+                    self._store.stage(current, new)
                 except Conflict:
                     continue
+                saved = handle.snapshot_notes()
                 handle.inst = new
+                self._note_update(handle, current, new)
+                for event in after:
+                    self._note(event, new, handle)
+                if enter is not None:
+                    self._enter_step(handle, enter)
+                outcome = {"completed": "ok", "failed": "failed"}.get(audit)
+                try:
+                    await self._persist(handle, current, new, audit, outcome=outcome, fault=fault)
+                except Conflict:
+                    # lost in storage (another engine): the working set was reloaded
+                    handle.restore_notes(saved)
+                    continue
                 self._committed(current, new, handle)
                 return new
             raise Conflict(handle.uuid, {"version": "stable"}, {"version": "changing"})
         raise AssertionError("unreachable: a shielded scope does not swallow exceptions")
+
+    async def _persist(
+        self,
+        handle: ActionHandle | None,
+        old: Instance | None,
+        new: Instance | None,
+        event: AuditEvent | None,
+        *,
+        outcome: str | None = None,
+        fault: Fault | None = None,
+        notes: Sequence[NoteSpec] = (),
+    ) -> None:
+        """Write one unit: the staged change (if any), what the action has pending, one audit
+        entry for this change, and the notifications, built now (after the swap won, so their
+        sequence numbers have no gaps).
+        """
+        specs = [*handle.pending, *notes] if handle is not None else list(notes)
+        entries = list(handle.pending_audit) if handle is not None else []
+        if event is not None:
+            entries.append(
+                self._entry(event, handle, before=old, after=new, outcome=outcome, fault=fault)
+            )
+        request = handle.request if handle is not None else None
+        if handle is not None:
+            handle.pending, handle.pending_audit, handle.request = [], [], None
+        built = tuple(self._build(spec) for spec in specs)
+        write = Write(
+            instance=new,
+            expected=old if new is not None else None,
+            audit=tuple(entries),
+            notifications=built,
+            request=request,
+        )
+        await self._committer.persist(write)
+        self._notifications += len(built)
+
+    async def _flush(self, handle: ActionHandle) -> None:
+        """Write whatever the action noted but has not written yet (no state change)."""
+        if handle.pending or handle.pending_audit or handle.request is not None:
+            await self._persist(handle, None, None, None)
+
+    def _build(self, spec: NoteSpec) -> Notification:
+        return self._notifier.build(
+            spec.event,
+            spec.instance,
+            ctx=spec.ctx,
+            fault=spec.fault,
+            extra=spec.extra,
+            state_update=spec.state_update,
+        )
+
+    def _entry(
+        self,
+        event: AuditEvent,
+        handle: ActionHandle | None,
+        *,
+        before: Instance | None = None,
+        after: Instance | None = None,
+        outcome: str | None = None,
+        fault: Fault | None = None,
+        message: str | None = None,
+    ) -> AuditEntry:
+        inst = after or before or (handle.inst if handle is not None else None)
+        return AuditEntry.build(
+            event,
+            when=self.clock.wall(),
+            instance=inst.uuid if inst is not None else None,
+            action=handle.name if handle is not None else None,
+            action_id=handle.id if handle is not None else None,
+            ctx=handle.ctx if handle is not None else SYSTEM_CONTEXT,
+            outcome=outcome,
+            before=before,
+            after=after,
+            fault=fault,
+            message=message,
+        )
 
     def _check_owner(self, handle: ActionHandle) -> Instance:
         """The current record, if the action still owns its task; :class:`Conflict` if not."""
@@ -934,28 +1296,33 @@ class Engine:
         return current
 
     def _committed(self, old: Instance | None, new: Instance, handle: ActionHandle | None) -> None:
-        """Everything that follows a commit, synchronously: placement, timers, notify, watch."""
+        """What follows a durable commit, synchronously: placement, timers, watchers."""
         self._changes += 1
         self._placement.update(new)
         self._rearm(new)
-        if old is not None:
-            ctx = handle.ctx if handle is not None else None
-            if self._notifier.emit_update(old, new, ctx) is not None:
-                self._notifications += 1
         if self._feed.active:
             self._feed.publish(StateChange(old, new, handle.name if handle else None))
 
-    def _emit(
+    def _note_update(self, handle: ActionHandle, old: Instance | None, new: Instance) -> None:
+        """``instance.update`` for a change (when enabled), noted with the change."""
+        if old is None:
+            return
+        update = self._notifier.state_update(old, new)
+        if update is not None:
+            handle.pending.append(NoteSpec("update", new, handle.ctx, state_update=update))
+
+    def _note(
         self, event: str, inst: Instance, handle: ActionHandle, *, fault: Fault | None = None
     ) -> None:
+        """Note a notification of ``handle``'s; it is written with the action's next write."""
         if event.endswith(".start"):
             handle.open_phases.add(event[:-6])
+            handle.opened_any = True
         elif event.endswith(".end"):
             handle.open_phases.discard(event[:-4])
         elif event.endswith(".error"):
             handle.open_phases.clear()
-        self._notifier.emit(event, inst, ctx=handle.ctx, fault=fault, extra=handle.extra)
-        self._notifications += 1
+        handle.pending.append(NoteSpec(event, inst, handle.ctx, fault, handle.extra))
 
     # -- timed transitions --------------------------------------------------------------------
 
@@ -1066,22 +1433,38 @@ class Engine:
         if inst.power_state is not power:
             new = inst.evolve(power_state=power, updated_at=self.clock.wall())
             try:
-                await self._store.swap(inst, new)
+                self._store.stage(inst, new)
             except Conflict:
                 return
+            update = self._notifier.state_update(inst, new)
+            notes = [NoteSpec("update", new, SYSTEM_CONTEXT, state_update=update)] if update else []
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._persist(None, inst, new, "state", notes=notes)
+                except Conflict:
+                    return
             self._committed(inst, new, None)
             inst = new
         for rule in self.lifecycle.power_sync:
             if inst.vm_state in rule.vm_states and (
                 rule.power_states is None or power in rule.power_states
             ):
-                if rule.response is SyncResponse.STOP:
-                    await self._system_action("stop", uuid, "power sync")
-                elif rule.response is SyncResponse.FORCE_STOP:
-                    await self._system_action("force_stop", uuid, "power sync")
+                runs = rule.response.runs
+                if runs is not None:
+                    await self._system_action(runs, uuid, "power sync")
                 elif rule.response is SyncResponse.LOG:
                     log.warning("instance %s is %s but reports %s", uuid, inst.vm_state, power)
                 return
+
+    async def actions(self, uuid: str) -> list[ActionRecord]:
+        """The instance's actions, oldest first, with their steps and outcome (Nova's
+        instance-actions API), read from the audit log.
+
+        Raises:
+            InstanceNotFound: no instance has that uuid.
+        """
+        self._store.get(uuid)
+        return actions_from_audit(await self._store.read_audit(instance=uuid))
 
     # -- waiting and watching ------------------------------------------------------------
 

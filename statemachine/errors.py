@@ -8,7 +8,8 @@
     │   │   └── Locked              the instance is locked and the caller is not an admin
     │   ├── Forbidden               policy denies the caller (also PermissionError)
     │   ├── Conflict                lost a compare-and-swap to another action
-    │   │   └── UnexpectedDeletingTaskState
+    │   │   ├── UnexpectedDeletingTaskState
+    │   │   └── DuplicateRequest    the request id was already accepted (idempotency)
     │   ├── InstanceNotFound        no such instance (also LookupError)
     │   ├── InvalidRequest          malformed parameters (also ValueError)
     │   ├── EngineClosed            the engine is not running or is draining
@@ -22,6 +23,7 @@
     ├── WatchOverflow               a state watcher fell behind its bounded buffer
     ├── LifecycleError              the lifecycle definition is invalid (names the culprit)
     ├── DiagramError                a diagram cannot be drawn (bad export, unknown name, no dot)
+    ├── StoreError                  storage failed or cannot be opened (locked, schema, I/O)
     └── ScenarioError               a scenario file is invalid (also ValueError)
 
 Driver errors (:mod:`drivers.base`) form their own tree; the engine records them as the cause
@@ -51,6 +53,7 @@ __all__ = [
     "DiagramError",
     "DriverError",
     "DriverTimeout",
+    "DuplicateRequest",
     "EngineClosed",
     "Forbidden",
     "GuestNotFound",
@@ -67,6 +70,7 @@ __all__ = [
     "NoValidHost",
     "ScenarioError",
     "StepDeadlineExceeded",
+    "StoreError",
     "UnexpectedDeletingTaskState",
     "UnsupportedOperation",
     "WaitTimeout",
@@ -136,6 +140,14 @@ class Conflict(ActionRefused):
 
 class UnexpectedDeletingTaskState(Conflict):
     """The compare-and-swap lost to a delete (Nova's UnexpectedDeletingTaskStateError)."""
+
+
+class DuplicateRequest(Conflict):
+    """A store already holds this request id: another engine (or an earlier run) accepted it."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(request_id, {"request_id": "new"}, {"request_id": "accepted"})
 
 
 class InstanceNotFound(ActionRefused, LookupError):
@@ -228,6 +240,14 @@ class DiagramError(IsmError):
 
     An unreadable or unknown export, an action or state the lifecycle does not have, a git
     revision without ``diagrams/lifecycle.json``, or Graphviz's ``dot`` missing or failing.
+    """
+
+
+class StoreError(IsmError):
+    """Storage failed or cannot be opened. Nothing of the failed transaction was written.
+
+    Fatal to an engine: what it had accepted but not made durable is gone with it, and a restart
+    recovers from what the store holds (fail-stop, never half-written).
     """
 
 

@@ -7,7 +7,6 @@ These are plain attrs records so callers can keep, compare and log them; only
 from __future__ import annotations
 
 import enum
-import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -15,9 +14,11 @@ import anyio
 import attrs
 
 from ._schema import Action, Step
+from .audit import AuditEntry
 from .errors import IsmError, WaitTimeout
-from .model import Instance, RequestContext
+from .model import Fault, Instance, RequestContext
 from .states import TaskState
+from .store import RequestRecord
 
 __all__ = [
     "ActionHandle",
@@ -28,7 +29,6 @@ __all__ = [
     "StepHook",
     "StepInfo",
     "action_budget",
-    "next_action_id",
 ]
 
 
@@ -108,19 +108,25 @@ class EngineStatistics:
     timers_armed: int
 
 
-_ids = itertools.count(1)
+@attrs.frozen
+class NoteSpec:
+    """A notification to build when its write happens: which event, about which snapshot, on
+    whose behalf (a preempted action's ``.error`` travels in its preemptor's write)."""
 
-
-def next_action_id() -> int:
-    """A process-wide unique id for an accepted action (it owns the task_state by it)."""
-    return next(_ids)
+    event: str
+    instance: Instance
+    ctx: RequestContext | None
+    fault: Fault | None = None
+    extra: Mapping[str, Any] | None = None
+    state_update: Mapping[str, Any] | None = None
 
 
 @attrs.define(eq=False)
 class ActionHandle:
     """An accepted action in flight. :meth:`wait` for its :class:`ActionResult`."""
 
-    id: int
+    id: str
+    """Unique across engines and restarts: the audit log groups an action's records by it."""
     action: Action
     uuid: str
     ctx: RequestContext
@@ -133,11 +139,38 @@ class ActionHandle:
     step: Step | None = None
     step_index: int = -1
     open_phases: set[str] = attrs.field(factory=set)
+    opened_any: bool = False
+    """Whether any phase was ever opened: an ``.error`` is sent only to close open phases, or
+    for an action that failed before opening any (create failing to schedule)."""
+    pending: list[NoteSpec] = attrs.field(factory=list)
+    """Notifications noted but not yet written: they go with the action's next commit, or are
+    flushed before its next driver call, so whatever the hypervisor is asked to do next is
+    preceded by durable notifications of what led to it."""
+    pending_audit: list[AuditEntry] = attrs.field(factory=list)
+    request: RequestRecord | None = None
+    """The request id to record with the action's first write (idempotency)."""
     ended: bool = False
     """Set once the action's last commit (its target or its error path) is made."""
     preempted_by: str | None = None
     interrupt: IsmError | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def snapshot_notes(self) -> tuple[Any, ...]:
+        """What a write attempt may change of the handle, to restore if the write is lost."""
+        return (
+            list(self.pending),
+            list(self.pending_audit),
+            self.request,
+            set(self.open_phases),
+            self.opened_any,
+            self.step,
+            self.step_index,
+        )
+
+    def restore_notes(self, saved: tuple[Any, ...]) -> None:
+        """Undo what a lost write attempt changed (see :meth:`snapshot_notes`)."""
+        (self.pending, self.pending_audit, self.request, self.open_phases, self.opened_any,
+         self.step, self.step_index) = saved  # fmt: skip
 
     @property
     def name(self) -> str:

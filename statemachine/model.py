@@ -182,7 +182,7 @@ class Instance:
     dest_host: str | None = None
     fault: Fault | None = None
     request_id: str | None = None
-    action_id: int | None = None
+    action_id: str | None = None
     snapshot_image: str | None = None
 
     @property

@@ -62,6 +62,20 @@ class Notification:
             "sequence": self.sequence,
         }
 
+    @classmethod
+    def from_envelope(cls, envelope: Mapping[str, Any], instance_uuid: str) -> Notification:
+        """The notification an envelope was made from (the outbox stores envelopes)."""
+        return cls(
+            event_type=envelope["event_type"],
+            priority=envelope["priority"],
+            publisher_id=envelope["publisher_id"],
+            timestamp=envelope["timestamp"],
+            message_id=envelope["message_id"],
+            payload=envelope["payload"],
+            sequence=envelope["sequence"],
+            instance_uuid=instance_uuid,
+        )
+
 
 # event (without "instance.") prefix → payload class, version, extra allow-listed fields
 PAYLOAD_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -210,7 +224,7 @@ class Notifier:
             })  # fmt: skip
         return self._object(name, version, data)
 
-    def emit(
+    def build(
         self,
         event: str,
         instance: Instance,
@@ -220,7 +234,12 @@ class Notifier:
         extra: Mapping[str, Any] | None = None,
         state_update: Mapping[str, Any] | None = None,
     ) -> Notification:
-        """Build ``instance.<event>`` and send it to every sink."""
+        """Build ``instance.<event>`` with the instance's next ``sequence``; send nothing.
+
+        The engine builds a change's notifications only once the change has won its
+        compare-and-swap, so sequence numbers have no gaps, and sends them only once the change
+        is durable (the outbox).
+        """
         base = event.rsplit(".", 1)[0] if event.endswith((".start", ".end", ".error")) else event
         payload = self._payload(base, instance, ctx, fault, extra or {})
         if state_update is not None:
@@ -232,7 +251,7 @@ class Notifier:
             data["tags"] = []
         seq = self._sequence.get(instance.uuid, 0) + 1
         self._sequence[instance.uuid] = seq
-        notification = Notification(
+        return Notification(
             event_type=f"instance.{event}",
             priority="ERROR" if fault is not None else "INFO",
             publisher_id=f"{self._publisher}:{instance.host or self._service_host}",
@@ -242,19 +261,42 @@ class Notifier:
             sequence=seq,
             instance_uuid=instance.uuid,
         )
+
+    def restore_sequences(self, last: Mapping[str, int]) -> None:
+        """Continue each instance's ``sequence`` after a restart where the outbox left it."""
+        for uuid, seq in last.items():
+            if seq > self._sequence.get(uuid, 0):
+                self._sequence[uuid] = seq
+
+    def send(self, notification: Notification) -> None:
+        """Hand one notification to every sink, in order (errors propagate)."""
         for sink in self.sinks:
             sink.send(notification)
+
+    def emit(
+        self,
+        event: str,
+        instance: Instance,
+        *,
+        ctx: RequestContext | None = None,
+        fault: Fault | None = None,
+        extra: Mapping[str, Any] | None = None,
+        state_update: Mapping[str, Any] | None = None,
+    ) -> Notification:
+        """Build ``instance.<event>`` and send it to every sink at once (no outbox)."""
+        notification = self.build(
+            event, instance, ctx=ctx, fault=fault, extra=extra, state_update=state_update
+        )
+        self.send(notification)
         return notification
 
-    def emit_update(
-        self, old: Instance, new: Instance, ctx: RequestContext | None
-    ) -> Notification | None:
-        """``instance.update`` for a committed change, as Nova's ``send_update`` does.
+    def state_update(self, old: Instance, new: Instance) -> dict[str, Any] | None:
+        """The ``state_update`` of ``instance.update`` for a committed change, as Nova's
+        ``send_update`` builds it; None when ``notify_on_state_change`` is off.
 
-        Off when ``notify_on_state_change`` is None. Otherwise every commit sends one: with the
-        old and new states when the state changed (vm_state; or either axis under
-        ``vm_and_task_state``), else with old equal to new (a power-state update, a lock, a
-        host assignment), as Nova sends a "regular" update on every save.
+        Every commit gets one: with the old and new states when the state changed (vm_state;
+        or either axis under ``vm_and_task_state``), else with old equal to new (a power-state
+        update, a lock, a host assignment), as Nova sends a "regular" update on every save.
         """
         mode = self.settings.notify_on_state_change
         if mode is None:
@@ -264,14 +306,18 @@ class Notifier:
         )
         if not changed:
             old = new
-        return self.emit(
-            "update",
-            new,
-            ctx=ctx,
-            state_update={
-                "old_state": old.vm_state.value,
-                "state": new.vm_state.value,
-                "old_task_state": old.task_state.value if old.task_state else None,
-                "new_task_state": new.task_state.value if new.task_state else None,
-            },
-        )
+        return {
+            "old_state": old.vm_state.value,
+            "state": new.vm_state.value,
+            "old_task_state": old.task_state.value if old.task_state else None,
+            "new_task_state": new.task_state.value if new.task_state else None,
+        }
+
+    def emit_update(
+        self, old: Instance, new: Instance, ctx: RequestContext | None
+    ) -> Notification | None:
+        """Build and send ``instance.update`` for a change (see :meth:`state_update`)."""
+        update = self.state_update(old, new)
+        if update is None:
+            return None
+        return self.emit("update", new, ctx=ctx, state_update=update)

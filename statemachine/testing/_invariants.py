@@ -40,26 +40,22 @@ def _phases_by_error(lifecycle: Lifecycle) -> dict[str, set[str]]:
 
 
 def unclosing_errors(lifecycle: Lifecycle) -> dict[str, list[str]]:
-    """The ``.error`` names the table makes a failure emit while its action has no phase
-    open, each with the ``action/step`` places that do so.
+    """The ``.error`` names a failure emits while its action has no phase open, each with the
+    ``action/step`` places that do so.
 
-    Two kinds: a step ahead of the action's first ``.start`` (create's scheduling: Nova sends
-    no ``instance.create.error`` there), and a step after the action's phases have ended
-    (live_migrate's migration step, after ``live_migration_pre.end``). Such an ``.error`` ends
-    nothing, so :func:`assert_phases_closed` accepts it exactly where the table puts it.
+    The engine sends ``.error`` to close open phases, and otherwise only for an action that
+    failed before it opened any (a create that found no host, a lock that failed): a failure
+    after every phase has ended (a live migration failing after ``live_migration_pre.end``)
+    sends none. So only steps ahead of an action's first ``.start`` are listed, and
+    :func:`assert_phases_closed` accepts an ``.error`` that ends nothing exactly there.
     """
     out: dict[str, list[str]] = {}
     for action in lifecycle.actions:
-        opened: list[str] = []
         for index, step in enumerate(action.steps):
-            opened += [e.removesuffix(".start") for e in step.before if e.endswith(".start")]
-            if not opened:
-                where = step.task_state.value if step.task_state is not None else str(index)
-                out.setdefault(action.error_event(step), []).append(f"{action.name}/{where}")
-            # a step's after events go out once the next step has begun: closed from then on
-            for end in step.after:
-                if end.endswith(".end") and end.removesuffix(".end") in opened:
-                    opened.remove(end.removesuffix(".end"))
+            if any(e.endswith(".start") for e in step.before):
+                break  # from here on a phase has been opened
+            where = step.task_state.value if step.task_state is not None else str(index)
+            out.setdefault(action.error_event(step), []).append(f"{action.name}/{where}")
     return out
 
 
