@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from drivers.base import Driver, DriverError
 
-from . import _cli_diagrams
+from . import _cli_diagrams, _cli_store
 from .errors import InvalidRequest, IsmError, ScenarioError
+from .sinks import JsonlSink
+from .store import Store, open_store
 
 __all__ = ["main"]
 
@@ -48,11 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=_seed, default=0, metavar="S")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_driver_options(sim)
+    _add_store_options(sim)
+    sim.add_argument(
+        "--no-group-commit",
+        action="store_false",
+        dest="group_commit",
+        help="commit each change in its own transaction (the benchmark's baseline)",
+    )
+    sim.add_argument("--events-out", type=Path, metavar="EVENTS.jsonl", help="append envelopes")
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
     run.add_argument("--events-out", type=Path, metavar="EVENTS.jsonl")
     run.add_argument("--state-out", type=Path, metavar="STATE.json")
+    _add_store_options(run)
 
     bench = sub.add_parser("bench", help="measure ism against a naive transitions machine")
     bench.add_argument("--quick", action="store_true", help="10,000 instances, one repetition")
@@ -65,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
     # diagram (and diagram diff), lifecycle export: statemachine/_cli_diagrams.py
     _cli_diagrams.add_parsers(sub)
+    # audit, actions, status: statemachine/_cli_store.py
+    _cli_store.add_parsers(sub)
     return parser
 
 
@@ -76,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"ism run: invalid scenario {args.scenario}: {exc}", file=sys.stderr)
         return 2
-    outcome = run_scenario(scenario, events_out=args.events_out)
+    outcome = run_scenario(scenario, events_out=args.events_out, store=_chosen_store(args))
     if args.state_out is not None:
         args.state_out.write_text(json.dumps(outcome.state, indent=2) + "\n", encoding="utf-8")
     if outcome.failure is not None:
@@ -93,16 +107,46 @@ def _simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
     driver = _chosen_driver(args)
+    store = _chosen_store(args)
+    sinks = [JsonlSink(args.events_out, append=True)] if args.events_out else []
     started = time.perf_counter()
-    report = simulate(
-        instances=args.instances,
-        seed=args.seed,
-        progress=None if args.quiet else sys.stderr,
-        driver=driver,
-    )
+    try:
+        report = simulate(
+            instances=args.instances,
+            seed=args.seed,
+            progress=None if args.quiet else sys.stderr,
+            driver=driver,
+            store=store,
+            sinks=sinks,
+            group_commit=args.group_commit,
+        )
+    finally:
+        for sink in sinks:
+            sink.close()
     print(report.render())
     print(f"wall time: {time.perf_counter() - started:.1f} s")
+    if args.db:
+        print(f"store: {args.db} (ism status --db {args.db}; ism audit verify {args.db})")
     return 0 if report.stuck == 0 else 1
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", metavar="DB", help="keep state in this SQLite file (or URL)")
+    parser.add_argument(
+        "--audit-key-file", type=Path, metavar="FILE", help="HMAC key that signs the audit head"
+    )
+
+
+def _chosen_store(args: argparse.Namespace) -> Store | None:
+    """The store named by ``--db`` (None: in memory)."""
+    from ._cli_store import _key
+
+    key = _key(args.audit_key_file)
+    if args.db is None:
+        if args.audit_key_file is not None:
+            raise InvalidRequest("--audit-key-file needs --db")
+        return None
+    return open_store(args.db, hmac_key=key)
 
 
 # -- choosing a driver (issue 5: the libvirt driver) ----------------------------------------------
@@ -172,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "states": _states,
         "diagram": _cli_diagrams.diagram,
         "lifecycle": _cli_diagrams.lifecycle,
+        "audit": _cli_store.audit,
+        "actions": _cli_store.actions,
+        "status": _cli_store.status,
     }
     try:
         return handlers[args.command](args)
@@ -181,3 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ism {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``ism status | head``): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -69,6 +69,7 @@ class Outbox:
         self._chunk = chunk
         self._sent: list[str] = []
         self._blocked = False
+        self._warned = False
         self._backlog = 0
         self._delivered = 0
         self._failures = 0
@@ -109,7 +110,8 @@ class Outbox:
                 sink.send(notification)
         except Exception as exc:  # a sink's failure is retried, never the change's failure
             self._failures += 1
-            if not self._blocked:
+            if not self._warned:  # once per outage; the retries are visible in statistics()
+                self._warned = True
                 log.warning(
                     "delivery of %s %s failed, retrying from the outbox: %s",
                     notification.event_type,
@@ -121,6 +123,7 @@ class Outbox:
             return False
         self._sent.append(notification.message_id)
         self._delivered += 1
+        self._warned = False
         return True
 
     async def replay(self) -> int:
@@ -137,9 +140,12 @@ class Outbox:
                 return total
             for notification in pending:
                 if not self._send(notification):
-                    self._backlog = max(self._backlog, len(pending))
+                    # exact while the backlog fits in one read, a lower bound beyond
+                    short = len(pending) < self._chunk
+                    self._backlog = len(pending) if short else max(self._backlog, len(pending))
                     return total
                 total += 1
+                self._backlog = max(0, self._backlog - 1)
             await self._flush_marks()
 
     async def run(self) -> None:

@@ -29,6 +29,7 @@ from .lifecycle import DEFAULT_LIFECYCLE
 from .model import RequestContext
 from .sinks import JsonlSink, MemoryCapture, Sink
 from .states import TaskState, VmState
+from .store import Store
 
 __all__ = ["Scenario", "ScenarioOutcome", "load_scenario", "run_scenario"]
 
@@ -276,7 +277,9 @@ def _error_matches(error: BaseException, name: str) -> bool:
 
 
 class _Runner:
-    def __init__(self, scenario: Scenario, sinks: Sequence[Sink]) -> None:
+    def __init__(
+        self, scenario: Scenario, sinks: Sequence[Sink], store: Store | None = None
+    ) -> None:
         self.scenario = scenario
         self.driver = SimulatorDriver(hosts=scenario.hosts, seed=scenario.seed)
         self.capture = MemoryCapture(maxlen=None)
@@ -286,6 +289,7 @@ class _Runner:
             sinks=[*sinks, self.capture],
             clock=VirtualClock(),
             seed=scenario.seed,
+            store=store,
         )
         self.names: dict[str, str] = {}
         self.owners: dict[str, RequestContext] = {}
@@ -402,13 +406,16 @@ def _describe(step: Mapping[str, Any]) -> str:
     return next(k for k in STEP_KINDS if k in step)
 
 
-def run_scenario(scenario: Scenario, *, events_out: Path | None = None) -> ScenarioOutcome:
-    """Run on virtual time; write every notification envelope to ``events_out`` (JSON Lines)."""
+def run_scenario(
+    scenario: Scenario, *, events_out: Path | None = None, store: Store | None = None
+) -> ScenarioOutcome:
+    """Run on virtual time; write every notification envelope to ``events_out`` (JSON Lines);
+    keep the instances, audit log and outbox in ``store`` (``ism run --db``)."""
     sinks: list[Sink] = []
     jsonl = JsonlSink(events_out) if events_out is not None else None
     if jsonl is not None:
         sinks.append(jsonl)
-    runner = _Runner(scenario, sinks)
+    runner = _Runner(scenario, sinks, store)
     try:
         failure = run_virtual(runner.run)
     finally:

@@ -13,7 +13,7 @@ import random
 import statistics
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TextIO
 
 import anyio
@@ -30,8 +30,9 @@ from .engine import ActionHandle, Engine
 from .errors import ActionRefused
 from .lifecycle import DEFAULT_LIFECYCLE
 from .model import RequestContext
-from .sinks import Notification
+from .sinks import Notification, Sink
 from .states import VmState
+from .store import Store
 
 __all__ = ["FleetReport", "simulate"]
 
@@ -149,7 +150,15 @@ def _user_actions() -> list[Action]:
 
 class _Fleet:
     def __init__(
-        self, instances: int, seed: int, progress: _Progress, driver: Driver | None = None
+        self,
+        instances: int,
+        seed: int,
+        progress: _Progress,
+        driver: Driver | None = None,
+        *,
+        store: Store | None = None,
+        sinks: Sequence[Sink] = (),
+        group_commit: bool = True,
     ) -> None:
         self.rng = random.Random(seed)
         self.n = instances
@@ -183,13 +192,15 @@ class _Fleet:
             shelved_offload_time=3600,
             reclaim_instance_interval=1800,
             instance_build_timeout=1800,
+            group_commit=group_commit,
         )
         self.engine = Engine(
             driver or self.driver,
             config=self.config,
-            sinks=[self.counter],
+            sinks=[self.counter, *sinks],
             clock=VirtualClock(),
             seed=seed,
+            store=store,
         )
         self.latencies: list[float] = []
         self.uuids: list[str] = []
@@ -332,14 +343,26 @@ def simulate(
     progress: TextIO | None = sys.stderr,
     on_engine: Callable[[Engine], None] | None = None,
     driver: Driver | None = None,
+    store: Store | None = None,
+    sinks: Sequence[Sink] = (),
+    group_commit: bool = True,
 ) -> FleetReport:
     """Run a fleet on virtual time and return what happened.
 
     ``driver`` replaces the simulated fleet with a real hypervisor's driver (an async context
     manager, opened on the run's loop): only actions its capabilities allow are chosen, no fault
-    or host failure is injected, and every instance left is deleted at the end.
+    or host failure is injected, and every instance left is deleted at the end. ``store`` keeps
+    the fleet (``ism simulate --db``); ``sinks`` receive every notification too.
     """
-    fleet = _Fleet(instances, seed, _Progress(instances, progress), driver)
+    fleet = _Fleet(
+        instances,
+        seed,
+        _Progress(instances, progress),
+        driver,
+        store=store,
+        sinks=sinks,
+        group_commit=group_commit,
+    )
     if on_engine is not None:
         on_engine(fleet.engine)
     elapsed = run_virtual(fleet.run)

@@ -184,16 +184,42 @@ class MemoryCapture:
 
 
 class JsonlSink:
-    """Writes each envelope as one JSON line, in emission order."""
+    """Writes each envelope as one JSON line, in emission order, once per ``message_id``.
 
-    def __init__(self, path: Path | str) -> None:
+    The outbox delivers at least once: after a crash, messages in flight are sent again. This
+    sink drops a ``message_id`` it has already written, remembering the last ``window`` ids
+    (re-sent messages are the newest ones, so a bounded memory suffices). With ``append`` it
+    continues an existing file and first reads the ids at its end.
+    """
+
+    def __init__(self, path: Path | str, *, append: bool = False, window: int = 100_000) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
         self.path = Path(path)
-        self._file: IO[str] | None = self.path.open("w", encoding="utf-8")
+        self._window = window
+        self._seen: dict[str, None] = {}  # insertion-ordered: the oldest id is dropped first
+        self.duplicates = 0
+        if append and self.path.exists():
+            with self.path.open(encoding="utf-8") as existing:
+                for line in existing:
+                    message_id = _message_id(line)
+                    if message_id is not None:
+                        self._remember(message_id)
+        self._file: IO[str] | None = self.path.open("a" if append else "w", encoding="utf-8")
+
+    def _remember(self, message_id: str) -> None:
+        self._seen[message_id] = None
+        if len(self._seen) > self._window:
+            del self._seen[next(iter(self._seen))]
 
     def send(self, notification: Notification) -> None:
         if self._file is None:
             raise ValueError(f"{self.path} is closed")
+        if notification.message_id in self._seen:
+            self.duplicates += 1
+            return
         self._file.write(json.dumps(notification.envelope(), separators=(",", ":")) + "\n")
+        self._remember(notification.message_id)
 
     def flush(self) -> None:
         """Push buffered lines to the OS."""
@@ -204,6 +230,16 @@ class JsonlSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _message_id(line: str) -> str | None:
+    """The ``message_id`` of a line written by :class:`JsonlSink`; None for a torn line (a
+    crash mid-write leaves at most the last one incomplete)."""
+    try:
+        value = json.loads(line).get("message_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 class LoggingSink:

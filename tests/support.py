@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec
 
@@ -17,7 +17,8 @@ from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
 from statemachine.engine import ActionResult, Engine, StepHook
 from statemachine.model import RequestContext
-from statemachine.sinks import MemoryCapture
+from statemachine.sinks import MemoryCapture, Sink
+from statemachine.store import Store
 
 P = ParamSpec("P")
 
@@ -87,20 +88,35 @@ async def world(
     hooks: Sequence[StepHook] = (),
     seed: int = 0,
     latency: LatencyModel | None = None,
+    store: Store | None = None,
+    sim: SimulatorDriver | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> AsyncIterator[World]:
-    """A running engine on a simulated fleet; leaves it cleanly."""
-    sim = SimulatorDriver(hosts=hosts, seed=seed, latency=latency)
+    """A running engine on a simulated fleet (or ``sim``, to keep one across engines) and
+    ``store`` (memory by default); leaves it cleanly."""
+    sim = sim or SimulatorDriver(hosts=hosts, seed=seed, latency=latency)
     capture = MemoryCapture(maxlen=None)
     engine = Engine(
         sim,
         config=config or Config(),
-        sinks=[capture],
+        sinks=[capture, *sinks],
         clock=VirtualClock(),
         seed=seed,
         hooks=hooks,
+        store=store,
     )
     async with engine:
         yield World(engine, sim, capture)
+
+
+def run_with_store(store: Store, body: Callable[[World], Awaitable[None]], **options: Any) -> None:
+    """Run ``body`` against a world on ``store``, on a fresh virtual-time loop."""
+
+    async def main() -> None:
+        async with world(store=store, **options) as w:
+            await body(w)
+
+    run_virtual(main)
 
 
 def require_binary(name: str, why: str) -> str:

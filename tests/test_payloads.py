@@ -155,8 +155,9 @@ def test_jsonl_sink_writes_one_envelope_per_line(tmp_path: object) -> None:
 
     path = pathlib.Path(str(tmp_path)) / "out.jsonl"
     sink = JsonlSink(path)
+    ids = iter(["m1", "m2"])  # message ids are unique: the sink drops a repeated one
     notifier = Notifier(settings=NotifySettings(), sinks=[sink], wall=lambda: T0,
-                        new_id=lambda: "x")  # fmt: skip
+                        new_id=ids.__next__)  # fmt: skip
     for event in ("stop.start", "stop.end"):
         notifier.emit(event, _instance(), ctx=CTX)
     sink.close()
