@@ -15,6 +15,7 @@ import contextlib
 from drivers.base import PowerState
 
 from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
+from .audit import AuditEntry, AuditRecord, VerifyReport
 from .clock import Clock, SystemClock, VirtualClock, VirtualTimeLoop, run_virtual, to_thread
 from .config import Config
 from .engine import (
@@ -35,6 +36,7 @@ from .errors import (
     Busy,
     Conflict,
     DiagramError,
+    DuplicateRequest,
     EngineClosed,
     Forbidden,
     InstanceNotFound,
@@ -46,10 +48,12 @@ from .errors import (
     NoValidHost,
     ScenarioError,
     StepDeadlineExceeded,
+    StoreError,
     UnexpectedDeletingTaskState,
     WaitTimeout,
     WatchOverflow,
 )
+from .history import ActionEvent, ActionRecord
 from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
@@ -58,6 +62,7 @@ from .policy import Policy
 from .scenario import Scenario, ScenarioOutcome, load_scenario, run_scenario
 from .sinks import JsonlSink, LoggingSink, MemoryCapture, Sink
 from .states import TaskState, VmState
+from .store import MemoryStore, RequestRecord, SqliteStore, Store, Write, open_store
 
 __version__ = "0.1.0"
 
@@ -65,11 +70,15 @@ __all__ = [
     "DEFAULT_LIFECYCLE",
     "SYSTEM_CONTEXT",
     "Action",
+    "ActionEvent",
     "ActionFailed",
     "ActionHandle",
     "ActionPreempted",
+    "ActionRecord",
     "ActionRefused",
     "ActionResult",
+    "AuditEntry",
+    "AuditRecord",
     "BuildTimeout",
     "Busy",
     "Clock",
@@ -77,6 +86,7 @@ __all__ = [
     "Config",
     "Conflict",
     "DiagramError",
+    "DuplicateRequest",
     "Engine",
     "EngineClosed",
     "EngineStatistics",
@@ -97,6 +107,7 @@ __all__ = [
     "Locked",
     "LoggingSink",
     "MemoryCapture",
+    "MemoryStore",
     "NoValidHost",
     "Notification",
     "Notifier",
@@ -105,26 +116,33 @@ __all__ = [
     "Policy",
     "PowerState",
     "RequestContext",
+    "RequestRecord",
     "Rule",
     "Scenario",
     "ScenarioError",
     "ScenarioOutcome",
     "Sink",
+    "SqliteStore",
     "StateChange",
     "Step",
     "StepDeadlineExceeded",
     "StepHook",
     "StepInfo",
+    "Store",
+    "StoreError",
     "SystemClock",
     "Target",
     "TaskState",
     "UnexpectedDeletingTaskState",
+    "VerifyReport",
     "VirtualClock",
     "VirtualTimeLoop",
     "VmState",
     "WaitTimeout",
     "WatchOverflow",
+    "Write",
     "load_scenario",
+    "open_store",
     "run_scenario",
     "run_virtual",
     "to_thread",

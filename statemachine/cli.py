@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--instances", type=_positive_int, default=10_000, metavar="N")
     bench.add_argument("--repeat", type=_positive_int, default=3)
     bench.add_argument("--json", type=Path, dest="json_out", metavar="FILE")
+    bench.add_argument(
+        "--store-instances",
+        type=_positive_int,
+        metavar="N",
+        help="instances in the SQLite runs (default 1000; 200 with --quick)",
+    )
+    bench.add_argument(
+        "--store-dir", type=Path, metavar="DIR", help="where the SQLite runs write (the disk)"
+    )
 
     states = sub.add_parser("states", help="list the lifecycle's states and actions")
     states.add_argument("--format", dest="fmt", choices=("text", "markdown"), default="text")
@@ -181,7 +190,16 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     repeat = 1 if args.quick else args.repeat
-    print(run_bench(instances=args.instances, repeat=repeat, json_out=args.json_out))
+    store_instances = args.store_instances or (200 if args.quick else 1000)
+    print(
+        run_bench(
+            instances=args.instances,
+            repeat=repeat,
+            json_out=args.json_out,
+            store_instances=store_instances,
+            store_dir=args.store_dir,
+        )
+    )
     return 0
 
 

@@ -181,7 +181,6 @@ class Engine:
         self._idle.set()
         self._armed: dict[tuple[str, str], TimerHandle] = {}
         self._chained: dict[str, str] = {}
-        self._user_data_by_uuid: dict[str, str] = {}
         self._feed = ChangeFeed()
         self._tg: TaskGroup | None = None
         self._accepting = False
@@ -279,7 +278,7 @@ class Engine:
         return self._store
 
     def _user_data(self, uuid: str) -> str | None:
-        return self._user_data_by_uuid.get(uuid)
+        return self._store.user_data(uuid)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -755,9 +754,8 @@ class Engine:
         inst = attrs.evolve(inst, action_id=handle.id)
         handle.inst = inst
         self._store.stage(None, inst)
+        handle.user_data = params.get("user_data")
         await self._accepted_write(handle, None, inst)
-        if "user_data" in params:
-            self._user_data_by_uuid[uuid] = params["user_data"]
         self._start(handle, running_slot=True)
         return handle
 
@@ -1225,6 +1223,7 @@ class Engine:
                 self._entry(event, handle, before=old, after=new, outcome=outcome, fault=fault)
             )
         request = handle.request if handle is not None else None
+        user_data = handle.user_data if handle is not None and old is None else None
         if handle is not None:
             handle.pending, handle.pending_audit, handle.request = [], [], None
         built = tuple(self._build(spec) for spec in specs)
@@ -1234,6 +1233,7 @@ class Engine:
             audit=tuple(entries),
             notifications=built,
             request=request,
+            user_data=user_data,
         )
         await self._committer.persist(write)
         self._notifications += len(built)

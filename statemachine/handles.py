@@ -149,6 +149,8 @@ class ActionHandle:
     pending_audit: list[AuditEntry] = attrs.field(factory=list)
     request: RequestRecord | None = None
     """The request id to record with the action's first write (idempotency)."""
+    user_data: str | None = attrs.field(default=None, repr=False)
+    """A create's user_data, stored with the new record (never emitted, never audited)."""
     ended: bool = False
     """Set once the action's last commit (its target or its error path) is made."""
     preempted_by: str | None = None

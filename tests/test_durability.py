@@ -11,6 +11,7 @@ import anyio
 import attrs
 import pytest
 
+from drivers.base import GuestSpec, PowerState
 from drivers.simulator import FaultRule, SimulatorDriver
 from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
@@ -404,3 +405,31 @@ def test_the_schema_migrates_step_by_step_and_refuses_newer(tmp_path: Path) -> N
     columns = [row[1] for row in conn.execute("PRAGMA table_info(instances)")]
     assert "note" in columns
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'x'").fetchone() is None
+
+
+class _Recording(SimulatorDriver):
+    """A simulator that remembers the user_data each spawn was given."""
+
+    spawned: list[str | None]
+
+    async def spawn(self, guest: GuestSpec, *, power_on: bool = True) -> PowerState:
+        self.spawned.append(guest.user_data)
+        return await super().spawn(guest, power_on=power_on)
+
+
+def test_a_rebuild_after_a_restart_still_gets_the_user_data(tmp_path: Path) -> None:
+    """user_data is stored with the create, so a later engine hands it to the driver."""
+    db = tmp_path / "ism.db"
+    sim = _Recording(hosts=["compute1"], seed=0)
+    sim.spawned = []
+    kept: list[str] = []
+
+    async def first(w: World) -> None:
+        kept.append(await w.create(user_data="#!/bin/sh\necho hello"))
+
+    async def second(w: World) -> None:
+        await w.engine.act(OWNER, "rebuild", kept[0])
+
+    run_with_store(SqliteStore(db), first, sim=sim)
+    run_with_store(SqliteStore(db), second, sim=sim)
+    assert sim.spawned == ["#!/bin/sh\necho hello"] * 2

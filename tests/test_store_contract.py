@@ -192,3 +192,28 @@ async def test_outbox_holds_messages_until_marked_sent(kit: StoreKit) -> None:
     assert [n.message_id for n in await store.unsent(10)] == [second.message_id]
     assert store.last_sequences()[inst.uuid] == second.sequence
     await store.close()
+
+
+@virtual
+async def test_user_data_is_kept_beside_the_record_and_nowhere_else(kit: StoreKit) -> None:
+    """A create's user_data survives a reopen for the driver, outside the record, the audit
+    log and the outbox."""
+    store = await _opened(kit)
+    inst = instance()
+    store.stage(None, inst)
+    secret = "#cloud-config\npassword: canary-3f9a"
+    unit = Write(
+        instance=inst,
+        audit=(entry("accepted", after=inst),),
+        notifications=(note(inst),),
+        user_data=secret,
+    )
+    assert await store.persist([unit]) == [None]
+    store = await kit.reopen(store)
+    await store.open(writer=WRITER)
+    assert store.user_data(inst.uuid) == secret
+    assert store.user_data("another") is None
+    assert "canary-3f9a" not in repr(store.get(inst.uuid))
+    assert "canary-3f9a" not in repr(await store.read_audit())
+    assert "canary-3f9a" not in repr(await store.unsent(10))
+    await store.close()

@@ -63,6 +63,9 @@ class Write:
     audit: tuple[AuditEntry, ...] = ()
     notifications: tuple[Notification, ...] = ()
     request: RequestRecord | None = None
+    user_data: str | None = attrs.field(default=None, repr=False)
+    """A new instance's user_data: kept beside the record for the driver (a rebuild after a
+    restart needs it), never in the record, the audit log or a notification."""
 
 
 class Store(Protocol):
@@ -145,6 +148,10 @@ class Store(Protocol):
 
     def last_sequences(self) -> dict[str, int]:
         """Each instance's last notification ``sequence`` in the outbox (restored on open)."""
+        ...
+
+    def user_data(self, uuid: str) -> str | None:
+        """The user_data an instance was created with, if any."""
         ...
 
 

@@ -44,6 +44,7 @@ class MemoryStore:
         self._requests: dict[str, RequestRecord] = {}
         self._outbox: dict[str, Notification] = {}
         self._sequences: dict[str, int] = {}
+        self._user_data: dict[str, str] = {}
         self._key = hmac_key
         self._generation = 0
 
@@ -112,6 +113,8 @@ class MemoryStore:
                 continue
             if write.instance is not None:
                 self._records[write.instance.uuid] = write.instance
+                if write.user_data is not None:
+                    self._user_data[write.instance.uuid] = write.user_data
             if write.request is not None:
                 self._requests[write.request.request_id] = write.request
             self._entries.extend(write.audit)
@@ -208,3 +211,6 @@ class MemoryStore:
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)
+
+    def user_data(self, uuid: str) -> str | None:
+        return self._user_data.get(uuid)

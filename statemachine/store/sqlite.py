@@ -102,6 +102,7 @@ class SqliteStore:
         self._chain: AuditChain | None = None
         self._next_seq = 1
         self._sequences: dict[str, int] = {}
+        self._user_data: dict[str, str] = {}
         self._generation = 0
 
     def __repr__(self) -> str:
@@ -185,6 +186,9 @@ class SqliteStore:
         self._next_seq += 1
         self._sequences = dict(
             conn.execute("SELECT instance, MAX(sequence) FROM outbox GROUP BY instance")
+        )
+        self._user_data = dict(
+            conn.execute("SELECT uuid, user_data FROM instances WHERE user_data IS NOT NULL")
         )
 
     async def close(self) -> None:
@@ -305,9 +309,13 @@ class SqliteStore:
                 chain.reset(batch_mark)
                 self._next_seq = seq_mark
                 raise StoreError(f"commit to {self.path} failed: {exc}") from exc
-            for n in (n for w, r in zip(writes, results, strict=True) if r is None
-                      for n in w.notifications):  # fmt: skip
-                self._sequences[n.instance_uuid] = n.sequence
+            for w, r in zip(writes, results, strict=True):
+                if r is not None:
+                    continue
+                for n in w.notifications:
+                    self._sequences[n.instance_uuid] = n.sequence
+                if w.instance is not None and w.user_data is not None:
+                    self._user_data[w.instance.uuid] = w.user_data
             lost = {
                 w.instance.uuid
                 for w, r in zip(writes, results, strict=True)
@@ -323,7 +331,7 @@ class SqliteStore:
         try:
             new = write.instance
             if new is not None:
-                self._swap(conn, write.expected, new)
+                self._swap(conn, write.expected, new, write.user_data)
             if write.request is not None:
                 r = write.request
                 try:
@@ -342,7 +350,9 @@ class SqliteStore:
             conn.execute("RELEASE unit")
 
     @staticmethod
-    def _swap(conn: sqlite3.Connection, expected: Instance | None, new: Instance) -> None:
+    def _swap(
+        conn: sqlite3.Connection, expected: Instance | None, new: Instance, user_data: str | None
+    ) -> None:
         task = new.task_state.value if new.task_state is not None else None
         values = (new.version, new.vm_state.value, task, int(new.power_state), new.host,
                   new.name, new.project_id, dumps_instance(new))  # fmt: skip
@@ -350,8 +360,8 @@ class SqliteStore:
             try:
                 conn.execute(
                     "INSERT INTO instances (version, vm_state, task_state, power_state, host, "
-                    "name, project_id, data, uuid) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (*values, new.uuid),
+                    "name, project_id, data, uuid, user_data) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (*values, new.uuid, user_data),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(new.uuid, {"exists": False}, {"exists": True}) from None
@@ -443,6 +453,9 @@ class SqliteStore:
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)
+
+    def user_data(self, uuid: str) -> str | None:
+        return self._user_data.get(uuid)
 
     async def outbox_counts(self) -> tuple[int, int]:
         """(all messages, unsent messages) in the outbox."""
