@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed into .venv. `libvirt` builds libvirt-python against libvirt-dev (see .ci/run);
 # `make test EXTRAS=test` leaves it out, and the libvirt tests then skip, saying why.
-EXTRAS ?= test,libvirt
+# `postgres` is asyncpg, for the PostgreSQL store (its tests skip without a server, same rule).
+EXTRAS ?= test,libvirt,postgres
 
 .PHONY: demo test lint typecheck unit bench clean diagrams-check
 

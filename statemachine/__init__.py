@@ -16,7 +16,15 @@ from drivers.base import PowerState
 
 from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
 from .audit import AuditEntry, AuditRecord, VerifyReport
-from .clock import Clock, SystemClock, VirtualClock, VirtualTimeLoop, run_virtual, to_thread
+from .clock import (
+    Clock,
+    SystemClock,
+    VirtualClock,
+    VirtualTimeLoop,
+    hold_clock,
+    run_virtual,
+    to_thread,
+)
 from .config import Config
 from .engine import (
     ActionHandle,
@@ -62,7 +70,15 @@ from .policy import Policy
 from .scenario import Scenario, ScenarioOutcome, load_scenario, run_scenario
 from .sinks import JsonlSink, LoggingSink, MemoryCapture, Sink
 from .states import TaskState, VmState
-from .store import MemoryStore, RequestRecord, SqliteStore, Store, Write, open_store
+from .store import (
+    MemoryStore,
+    PostgresStore,
+    RequestRecord,
+    SqliteStore,
+    Store,
+    Write,
+    open_store,
+)
 
 __version__ = "0.1.0"
 
@@ -114,6 +130,7 @@ __all__ = [
     "NotifySettings",
     "Outcome",
     "Policy",
+    "PostgresStore",
     "PowerState",
     "RequestContext",
     "RequestRecord",
@@ -141,6 +158,7 @@ __all__ = [
     "WaitTimeout",
     "WatchOverflow",
     "Write",
+    "hold_clock",
     "load_scenario",
     "open_store",
     "run_scenario",

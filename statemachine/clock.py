@@ -12,16 +12,18 @@ loop cannot see, and every timer would fire "early" relative to it. The loop the
 offloaded calls and, while any is outstanding, waits for real without moving the clock. Code that
 may run under virtual time must offload through :func:`to_thread` or ``loop.run_in_executor``
 (which also covers ``asyncio.to_thread``); a bare ``anyio.to_thread.run_sync`` or a hand-made
-thread is invisible to the loop.
+thread is invisible to the loop. Awaiting a server over the network (a database) is the same
+kind of real wait: :func:`hold_clock` holds the clock around it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import selectors
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, final
 
 import anyio
@@ -36,6 +38,7 @@ __all__ = [
     "SystemClock",
     "VirtualClock",
     "VirtualTimeLoop",
+    "hold_clock",
     "is_virtual",
     "run_virtual",
     "to_thread",
@@ -240,6 +243,30 @@ async def to_thread(func: Callable[[*Ts], T], *args: *Ts) -> T:
     try:
         # Not abandoned on cancellation, so the count drops only once the thread is done.
         return await anyio.to_thread.run_sync(func, *args)
+    finally:
+        loop._release()
+
+
+@contextlib.contextmanager
+def hold_clock() -> Iterator[None]:
+    """Hold a virtual clock still while the block awaits real I/O (a database's answer).
+
+    On a :class:`VirtualTimeLoop` the clock would otherwise jump to the next timer as soon as
+    nothing is runnable, and a client-side timeout around a network round trip (asyncpg's
+    connect timeout, a commit deadline) would fire at once, though the server is answering.
+    While held, the loop waits for real: the socket's readiness wakes it. Bound such waits on
+    the server side (a statement timeout): the clock cannot time them out. On any other loop
+    this does nothing.
+
+    .. versionadded:: 0.1
+    """
+    loop = _running_virtual_loop()
+    if loop is None:
+        yield
+        return
+    loop._hold()
+    try:
+        yield
     finally:
         loop._release()
 

@@ -1,23 +1,31 @@
-"""What the libvirt tests need from the machine, and the one rule for when it is missing.
+"""What the libvirt tests need from the machine.
 
-A test that needs libvirt-python or a running libvirtd with QEMU skips, saying what is
-missing, on a machine without it, and FAILS instead when ``ISM_REQUIRE_SERVICES=1`` (which
-``.ci/run`` sets after installing and starting them): in CI a missing service is a broken
-setup, never a quietly skipped suite.
+A test that needs libvirt-python or a running libvirtd with QEMU follows the rule of
+:mod:`tests.services`: it skips, saying what is missing, and fails instead when
+``ISM_REQUIRE_SERVICES=1``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
-
-import pytest
 
 from drivers.libvirt import LibvirtOptions
+from tests.services import missing, services_required
+
+__all__ = [
+    "FAST",
+    "QEMU_URI",
+    "empty_node_uri",
+    "leftover_domains",
+    "libvirt_module",
+    "missing",
+    "purge",
+    "require_qemu",
+    "services_required",
+]
 
 QEMU_URI = "qemu:///system"
 
@@ -30,18 +38,6 @@ FAST = LibvirtOptions(
     call_grace=30.0,
     lock_timeout=60.0,
 )
-
-
-def services_required() -> bool:
-    """Whether a missing service fails the test (``ISM_REQUIRE_SERVICES=1``)."""
-    return os.environ.get("ISM_REQUIRE_SERVICES") == "1"
-
-
-def missing(reason: str) -> NoReturn:
-    """Skip with ``reason``, or fail with it when services are required."""
-    if services_required():
-        pytest.fail(f"ISM_REQUIRE_SERVICES=1 but {reason}")
-    pytest.skip(reason)
 
 
 @functools.cache

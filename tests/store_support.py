@@ -14,7 +14,7 @@ from statemachine.audit import AuditEntry
 from statemachine.model import Flavor, Instance, RequestContext
 from statemachine.notify import Notification, Notifier, NotifySettings
 from statemachine.states import TaskState, VmState
-from statemachine.store import MemoryStore, SqliteStore, Store
+from statemachine.store import MemoryStore, PostgresStore, SqliteStore, Store
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CTX = RequestContext(user_id="u1", project_id="p1", roles=frozenset({"member"}), request_id="r1")
@@ -49,6 +49,17 @@ def sqlite_kit(tmp: Path, key: bytes | None = KEY) -> StoreKit:
         return SqliteStore(path, hmac_key=key)
 
     return StoreKit("sqlite", lambda: SqliteStore(path, hmac_key=key), reopen)
+
+
+def postgres_kit(url: str, key: bytes | None = KEY) -> StoreKit:
+    """A PostgreSQL schema (``url`` names a fresh one); reopening closes the store and opens
+    a new one on the same schema."""
+
+    async def reopen(store: Store) -> Store:
+        await store.close()
+        return PostgresStore(url, hmac_key=key)
+
+    return StoreKit("postgres", lambda: PostgresStore(url, hmac_key=key), reopen)
 
 
 def instance(uuid: str = "00000000-0000-4000-8000-000000000001", **changes: Any) -> Instance:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec
 
 import attrs
-import pytest
 
 from drivers.simulator import LatencyModel, SimulatorDriver
 from statemachine.clock import VirtualClock, run_virtual
@@ -19,6 +17,7 @@ from statemachine.engine import ActionResult, Engine, StepHook
 from statemachine.model import RequestContext
 from statemachine.sinks import MemoryCapture, Sink
 from statemachine.store import Store
+from tests.services import missing
 
 P = ParamSpec("P")
 
@@ -127,8 +126,5 @@ def require_binary(name: str, why: str) -> str:
     """
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed ({why})"
-        if os.environ.get("ISM_REQUIRE_SERVICES") == "1":
-            pytest.fail(message + " and ISM_REQUIRE_SERVICES=1")
-        pytest.skip(message)
+        missing(f"{name} is not installed ({why})")
     return path

@@ -18,6 +18,7 @@ from tests.store_support import (
     instance,
     memory_kit,
     note,
+    postgres_kit,
     sqlite_kit,
 )
 from tests.support import virtual
@@ -25,11 +26,13 @@ from tests.support import virtual
 WRITER = "compute1"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def kit(request: pytest.FixtureRequest, tmp_path: Path) -> StoreKit:
-    """One store kind per run of each contract test."""
+    """One store kind per run of each contract test (PostgreSQL: a fresh schema each)."""
     if request.param == "memory":
         return memory_kit()
+    if request.param == "postgres":
+        return postgres_kit(request.getfixturevalue("pg_url"))
     return sqlite_kit(tmp_path)
 
 

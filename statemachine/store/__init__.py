@@ -10,9 +10,10 @@ rolls back alone and the working set is reloaded for it. Callers learn "done" on
 ``persist`` has returned, so group commit (many units, one transaction, one fsync) changes
 throughput, never what a caller is told.
 
-Stores: :class:`MemoryStore` (the reference semantics; nothing survives the process) and
+Stores: :class:`MemoryStore` (the reference semantics; nothing survives the process),
 :class:`SqliteStore` (the embedded default: WAL, ``synchronous=FULL``, a versioned schema with
-migrations). The same contract suite runs against every store.
+migrations) and :class:`PostgresStore` (one database shared by several engines, one per compute
+host; asyncpg is an optional extra). The same contract suite runs against every store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MemoryStore",
+    "PostgresStore",
     "RequestRecord",
     "SqliteStore",
     "Store",
@@ -156,7 +158,8 @@ class Store(Protocol):
 
 
 def open_store(url: str, *, hmac_key: bytes | None = None, readonly: bool = False) -> Store:
-    """A store for a location: ``memory:``, a path or ``sqlite:///path`` (SQLite).
+    """A store for a location: ``memory:``, a path or ``sqlite:///path`` (SQLite), or
+    ``postgresql://…`` / ``postgres://…`` (PostgreSQL; ``?schema=NAME`` picks the schema).
 
     Raises:
         StoreError: the location names no store ism knows.
@@ -165,6 +168,8 @@ def open_store(url: str, *, hmac_key: bytes | None = None, readonly: bool = Fals
 
     if url == "memory:":
         return MemoryStore(hmac_key=hmac_key)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url, hmac_key=hmac_key, readonly=readonly)
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
@@ -176,4 +181,5 @@ def open_store(url: str, *, hmac_key: bytes | None = None, readonly: bool = Fals
 
 
 from .memory import MemoryStore  # noqa: E402  (the backends import the types above)
+from .postgres import PostgresStore  # noqa: E402
 from .sqlite import SqliteStore  # noqa: E402
