@@ -58,7 +58,7 @@ def require_postgres() -> str:
 def schema_url(schema: str) -> str:
     """The server's URL naming ``schema``."""
     parts = urllib.parse.urlsplit(SERVER)
-    query = urllib.parse.parse_qsl(parts.query) + [("schema", schema)]
+    query = [*urllib.parse.parse_qsl(parts.query), ("schema", schema)]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
