@@ -8,6 +8,7 @@ the guards and reach the compare-and-swap in storage; there, exactly one must wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import subprocess
@@ -72,30 +73,44 @@ def _line(stream: IO[str], deadline: float) -> str:
     return stream.readline()
 
 
+def _kill(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def _race(url: str, uuids: list[str], tmp_path: Path) -> tuple[list[dict[str, Any]], float]:
     """Start the engines, release them together, collect their reports."""
     deadline = time.monotonic() + DEADLINE
-    procs = []
-    for k, name in enumerate(ENGINES):
-        # pair i is raced by engines i % 3 and (i + 1) % 3, both in ascending pair order
-        mine = [u for i, u in enumerate(uuids) if k in (i % 3, (i + 1) % 3)]
-        listing = tmp_path / f"{name}.json"
-        listing.write_text(json.dumps(mine), encoding="utf-8")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.cas_worker", url, name, str(listing)],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+    with contextlib.ExitStack() as stack:
+        procs: list[subprocess.Popen[str]] = []
+        for k, name in enumerate(ENGINES):
+            # pair i is raced by engines i % 3 and (i + 1) % 3, both in ascending pair order
+            mine = [u for i, u in enumerate(uuids) if k in (i % 3, (i + 1) % 3)]
+            listing = tmp_path / f"{name}.json"
+            listing.write_text(json.dumps(mine), encoding="utf-8")
+            command = [sys.executable, "-m", "tests.cas_worker", url, name, str(listing)]
+            procs.append(
+                stack.enter_context(
+                    subprocess.Popen(
+                        command,
+                        cwd=ROOT,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
+                )
             )
-        )
-    try:
+        stack.callback(_kill, procs)  # first on the way out: no worker outlives the test
         for proc in procs:
             assert proc.stdout is not None
             line = _line(proc.stdout, deadline)
-            assert line.strip() == "ready", line + (proc.stderr.read() if proc.stderr else "")
+            if line.strip() != "ready":
+                proc.kill()
+                _, err = proc.communicate(timeout=30)
+                raise AssertionError(f"a worker did not start: {line}{err}")
         started = time.perf_counter()
         for proc in procs:
             assert proc.stdin is not None
@@ -107,11 +122,6 @@ def _race(url: str, uuids: list[str], tmp_path: Path) -> tuple[list[dict[str, An
             assert proc.returncode == 0, err
             reports.append(json.loads(out.strip().splitlines()[-1]))
         return reports, time.perf_counter() - started
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def _check_store(url: str, uuids: list[str], winner: dict[str, str]) -> dict[str, int]:
