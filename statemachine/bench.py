@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
+import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from .lifecycle import DEFAULT_LIFECYCLE
 from .model import Flavor, Instance, RequestContext
 from .sinks import MemoryCapture
 from .states import VmState
-from .store import SqliteStore
+from .store import PostgresStore, SqliteStore, Store
 
 __all__ = ["BenchResult", "run_bench"]
 
@@ -229,14 +230,14 @@ def fsync_latency(directory: Path, samples: int = 200) -> float:
     return float(statistics.median(times))
 
 
-async def _sqlite_run(n: int, path: Path, group: bool) -> BenchResult:
+async def _store_run(n: int, store: Store, group: bool, name: str) -> BenchResult:
     driver = SimulatorDriver(
         hosts=[SimHost("compute1", vcpus=10**6, memory_mb=10**9, disk_gb=10**9)],
         latency=LatencyModel(scale=0.0),
     )
     engine = Engine(
         driver,
-        store=SqliteStore(path),
+        store=store,
         config=Config(group_commit=group),
         sinks=[MemoryCapture(maxlen=10_000)],
     )
@@ -265,7 +266,6 @@ async def _sqlite_run(n: int, path: Path, group: bool) -> BenchResult:
                 tg.start_soon(one, uuid)
         elapsed = time.perf_counter() - t0
         changes = engine.statistics().state_changes - before
-    name = "ism, SQLite, group commit" if group else "ism, SQLite, a commit per change"
     return BenchResult(name, n, setup, changes, changes / elapsed, 0.0)
 
 
@@ -275,7 +275,52 @@ def bench_sqlite(n: int, directory: Path, *, group: bool) -> BenchResult:
     path = directory / f"bench-{'group' if group else 'single'}.db"
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return asyncio.run(_sqlite_run(n, path, group))
+    name = "ism, SQLite, group commit" if group else "ism, SQLite, a commit per change"
+    return asyncio.run(_store_run(n, SqliteStore(path), group, name))
+
+
+# -- ism on PostgreSQL (issue 9): the same cycle, beside SQLite's rows ------------------------
+
+
+async def _postgres_settings(url: str) -> str:
+    """The server settings a commit's cost rests on, as one line."""
+    import asyncpg
+
+    from .store.postgres import _split_url
+
+    conn = await asyncpg.connect(_split_url(url)[0], timeout=10)
+    try:
+        rows = [
+            f"{name}={await conn.fetchval(f'SHOW {name}')}"
+            for name in ("server_version", "fsync", "synchronous_commit")
+        ]
+    finally:
+        await conn.close()
+    return ", ".join(rows)
+
+
+async def _postgres_run(n: int, url: str, group: bool) -> BenchResult:
+    """One run in a schema of its own, dropped afterwards (the database is someone's)."""
+    import asyncpg
+
+    from .store.postgres import _split_url
+
+    schema = f"ism_bench_{uuidlib.uuid4().hex[:12]}"
+    name = "ism, PostgreSQL, group commit" if group else "ism, PostgreSQL, a commit per change"
+    try:
+        return await _store_run(n, PostgresStore(url, schema=schema), group, name)
+    finally:
+        conn = await asyncpg.connect(_split_url(url)[0], timeout=10)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+def bench_postgres(n: int, url: str, *, group: bool) -> BenchResult:
+    """The same cycle on a fresh schema of the PostgreSQL database at ``url``: every change
+    audited, its notifications in the outbox, committed in groups or one per transaction."""
+    return asyncio.run(_postgres_run(n, url, group))
 
 
 def run_bench(
@@ -285,8 +330,10 @@ def run_bench(
     json_out: Path | None = None,
     store_instances: int = 1000,
     store_dir: Path | None = None,
+    pg_url: str | None = None,
 ) -> str:
-    """Run every side ``repeat`` times and report medians and ratios."""
+    """Run every side ``repeat`` times and report medians and ratios; with ``pg_url``, the
+    store runs on PostgreSQL too."""
     naive = [bench_naive(instances) for _ in range(repeat)]
     ism_runs = [bench_ism(instances) for _ in range(repeat)]
     ism = [r for r, _ in ism_runs]
@@ -314,6 +361,26 @@ def run_bench(
         "sqlite_per_change_changes_per_s": med(single, "changes_per_s"),
         "sqlite_group_commit_changes_per_s": med(grouped, "changes_per_s"),
     }
+    pg_lines = []
+    if pg_url is not None:
+        pg_single = [bench_postgres(store_instances, pg_url, group=False) for _ in range(repeat)]
+        pg_grouped = [bench_postgres(store_instances, pg_url, group=True) for _ in range(repeat)]
+        figures["postgres_per_change_changes_per_s"] = med(pg_single, "changes_per_s")
+        figures["postgres_group_commit_changes_per_s"] = med(pg_grouped, "changes_per_s")
+        figures["postgres_vs_sqlite_group_commit"] = (
+            figures["postgres_group_commit_changes_per_s"]
+            / figures["sqlite_group_commit_changes_per_s"]
+        )
+        pg_lines = [
+            "",
+            f"the same on PostgreSQL ({asyncio.run(_postgres_settings(pg_url))}):",
+            f"{'  a commit per change':<34}{'':>10}"
+            f"{figures['postgres_per_change_changes_per_s']:>12,.0f}",
+            f"{'  group commit':<34}{'':>10}"
+            f"{figures['postgres_group_commit_changes_per_s']:>12,.0f}",
+            f"ratio: PostgreSQL x{figures['postgres_vs_sqlite_group_commit']:.2f} of SQLite, "
+            "group commit",
+        ]
     figures["group_commit_vs_per_change"] = (
         figures["sqlite_group_commit_changes_per_s"] / figures["sqlite_per_change_changes_per_s"]
     )
@@ -349,5 +416,6 @@ def run_bench(
             f"{'  group commit':<34}{'':>10}{figures['sqlite_group_commit_changes_per_s']:>12,.0f}",
             f"ratio: group commit x{figures['group_commit_vs_per_change']:.1f} of a commit per "
             "change",
+            *pg_lines,
         ]
     )

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--store-dir", type=Path, metavar="DIR", help="where the SQLite runs write (the disk)"
     )
+    bench.add_argument(
+        "--pg-url",
+        metavar="URL",
+        help="also run the store rows on this PostgreSQL database (a fresh schema each run)",
+    )
 
     states = sub.add_parser("states", help="list the lifecycle's states and actions")
     states.add_argument("--format", dest="fmt", choices=("text", "markdown"), default="text")
@@ -198,6 +203,7 @@ def _bench(args: argparse.Namespace) -> int:
             json_out=args.json_out,
             store_instances=store_instances,
             store_dir=args.store_dir,
+            pg_url=args.pg_url,
         )
     )
     return 0

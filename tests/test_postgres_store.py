@@ -230,7 +230,6 @@ def test_virtual_time_holds_still_while_the_server_works(pg_url: str) -> None:
     async def main() -> None:
         store = await _opened(pg_url, "compute1")
         await _insert(store)
-        impatient = await _opened(pg_url, "compute2", statement_timeout=0.1)
         with _row_locked(pg_url, UUID, 0.3):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(anyio.sleep, 1.0)  # a timer the clock would jump to
@@ -238,8 +237,9 @@ def test_virtual_time_holds_still_while_the_server_works(pg_url: str) -> None:
                 assert await _stop(store) is None
                 assert anyio.current_time() == virtual
                 assert time.monotonic() - real >= 0.2
+        impatient = await _opened(pg_url, "compute2", statement_timeout=0.1)
         with _row_locked(pg_url, UUID, 1.0):
-            old = impatient.get(UUID)
+            old = impatient.get(UUID)  # current: its swap would win, after the lock
             with pytest.raises(StoreError, match="statement timeout"):
                 await impatient.persist([Write(instance=old.evolve(**STOPPING), expected=old)])
         await store.close()

@@ -33,7 +33,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
@@ -82,20 +82,26 @@ _INSERT_REQUEST = (
     "INSERT INTO requests (request_id, action_id, action, instance) VALUES ($1,$2,$3,$4) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
-_INSERT_AUDIT = (
-    f"INSERT INTO audit ({_AUDIT_COLUMNS}) SELECT * FROM unnest($1::bigint[], $2::text[], "
-    "$3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
-    "$10::text[])"
+_APPEND = f"""WITH
+records AS (
+    INSERT INTO audit ({_AUDIT_COLUMNS})
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+), head AS (
+    INSERT INTO audit_heads (writer, wseq, hash, mac)
+    SELECT $11, $12, $13, $14 WHERE cardinality($1::bigint[]) > 0
+    ON CONFLICT (writer) DO UPDATE
+    SET wseq = EXCLUDED.wseq, hash = EXCLUDED.hash, mac = EXCLUDED.mac
+), queued AS (
+    INSERT INTO outbox (message_id, writer, instance, sequence, envelope)
+    SELECT m, $11, i, s, e FROM unnest($15::text[], $16::text[], $17::bigint[], $18::text[])
+        AS t(m, i, s, e)
+), marked AS (
+    UPDATE outbox SET sent = true WHERE message_id = ANY($19::text[])
 )
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (message_id, writer, instance, sequence, envelope) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])"
-)
-_UPSERT_HEAD = (
-    "INSERT INTO audit_heads (writer, wseq, hash, mac) VALUES ($1,$2,$3,$4) "
-    "ON CONFLICT (writer) DO UPDATE SET wseq = EXCLUDED.wseq, hash = EXCLUDED.hash, "
-    "mac = EXCLUDED.mac"
-)
+SELECT 1"""
+"""The rest of a batch in one round trip: the won units' audit records, the writer's signed
+head (when it has new records), their outbox rows, and the sent marks of earlier messages."""
 
 
 def _record(row: asyncpg.Record) -> AuditRecord:
@@ -367,7 +373,7 @@ class PostgresStore:
             mark = chain.mark()
             for attempt in range(_RETRIES):
                 try:
-                    results = await self._transaction(conn, chain, writes, sent)
+                    results, stored = await self._transaction(conn, chain, writes, sent)
                     break
                 except retryable:
                     chain.reset(mark)
@@ -376,19 +382,6 @@ class PostgresStore:
                 except BaseException:
                     chain.reset(mark)
                     raise
-            lost = sorted(
-                {
-                    w.instance.uuid
-                    for w, r in zip(writes, results, strict=True)
-                    if r is not None and w.instance is not None
-                }
-            )
-            rows = (
-                await conn.fetch("SELECT uuid, data FROM instances WHERE uuid = ANY($1)", lost)
-                if lost
-                else []
-            )
-            stored: dict[str, str] = {row[0]: row[1] for row in rows}
         for w, r in zip(writes, results, strict=True):
             if r is not None:
                 continue
@@ -396,9 +389,8 @@ class PostgresStore:
                 self._sequences[n.instance_uuid] = n.sequence
             if w.instance is not None and w.user_data is not None:
                 self._user_data[w.instance.uuid] = w.user_data
-        for uuid in lost:
+        for uuid, data in stored.items():
             # a unit lost its swap in storage: the working set goes back to what is stored
-            data = stored.get(uuid)
             if data is None:
                 self._records.pop(uuid, None)
             else:
@@ -411,18 +403,24 @@ class PostgresStore:
         chain: AuditChain,
         writes: Sequence[Write],
         sent: Sequence[str],
-    ) -> list[Conflict | None]:
+    ) -> tuple[list[Conflict | None], dict[str, str | None]]:
         """One attempt at the batch: every unit's swap (each all-or-nothing), then the won
         units' audit records, sealed with the ``seq`` numbers they are stored under, their
-        outbox rows, the sent marks and the writer's signed head; one commit."""
+        outbox rows, the sent marks and the writer's signed head; one commit. Returns the
+        results and, for each uuid whose unit lost, the stored record (to reload), read in
+        the same transaction so that a failure there writes nothing either."""
         results: list[Conflict | None] = []
         entries: list[AuditEntry] = []
-        outbox: list[tuple[str, str, str, int, str]] = []
+        outbox: list[tuple[str, str, int, str]] = []
         async with conn.transaction():
             swaps = sorted(
-                {w.instance.uuid for w in writes if w.instance is not None and w.expected}
+                {
+                    w.instance.uuid
+                    for w in writes
+                    if w.instance is not None and w.expected is not None
+                }
             )
-            if swaps:
+            if len(swaps) > 1:  # one row alone cannot be taken out of order
                 await conn.execute(_LOCK_ROWS, swaps)
             for write in writes:
                 try:
@@ -433,25 +431,45 @@ class PostgresStore:
                 results.append(None)
                 entries.extend(write.audit)
                 outbox.extend(
-                    (n.message_id, chain.writer, n.instance_uuid, n.sequence,
+                    (n.message_id, n.instance_uuid, n.sequence,
                      json.dumps(n.envelope(), separators=(",", ":")))
                     for n in write.notifications
                 )  # fmt: skip
-            if entries:
-                await self._append_audit(conn, chain, entries)
-            if outbox:
-                await conn.execute(_INSERT_OUTBOX, *map(list, zip(*outbox, strict=True)))
-            if sent:
-                await conn.execute(
-                    "UPDATE outbox SET sent = true WHERE message_id = ANY($1::text[])", list(sent)
+            if entries or outbox or sent:
+                audit = await self._seal(conn, chain, entries)
+                mac = (
+                    sign_head(self._key, chain.writer, chain.wseq, chain.prev)
+                    if self._key is not None and entries
+                    else None
                 )
-        return results
+                messages = [list(c) for c in zip(*outbox, strict=True)] or [[], [], [], []]
+                await conn.execute(
+                    _APPEND, *audit, chain.writer, chain.wseq, chain.prev, mac, *messages,
+                    list(sent),
+                )  # fmt: skip
+            lost = sorted(
+                {
+                    w.instance.uuid
+                    for w, r in zip(writes, results, strict=True)
+                    if r is not None and w.instance is not None
+                }
+            )
+            stored: dict[str, str | None] = dict.fromkeys(lost)
+            if lost:
+                for row in await conn.fetch(
+                    "SELECT uuid, data FROM instances WHERE uuid = ANY($1::text[])", lost
+                ):
+                    stored[row[0]] = row[1]
+        return results, stored
 
-    async def _append_audit(
-        self, conn: asyncpg.Connection, chain: AuditChain, entries: list[AuditEntry]
-    ) -> None:
-        """Number the records from the sequence, seal them in that order, insert them and
-        sign the writer's new head."""
+    @staticmethod
+    async def _seal(
+        conn: asyncpg.Connection, chain: AuditChain, entries: list[AuditEntry]
+    ) -> list[list[Any]]:
+        """Number the records from the sequence and seal them in that order; return them as
+        the columns of the audit table."""
+        if not entries:
+            return [[] for _ in range(10)]
         seqs = sorted(
             row[0]
             for row in await conn.fetch(
@@ -466,13 +484,7 @@ class PostgresStore:
                  entry.action_id, entry.request_id, data.decode("utf-8"), record.prev,
                  record.hash)
             )  # fmt: skip
-        await conn.execute(_INSERT_AUDIT, *map(list, zip(*rows, strict=True)))
-        mac = (
-            sign_head(self._key, chain.writer, chain.wseq, chain.prev)
-            if self._key is not None
-            else None
-        )
-        await conn.execute(_UPSERT_HEAD, chain.writer, chain.wseq, chain.prev, mac)
+        return [list(column) for column in zip(*rows, strict=True)]
 
     async def _apply(self, conn: asyncpg.Connection, write: Write) -> None:
         """The unit's compare-and-swap (first, so losing it has written nothing) and its
