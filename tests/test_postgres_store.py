@@ -359,3 +359,63 @@ def test_a_request_id_recorded_by_another_engine_rolls_back_the_whole_unit(pg_ur
         await b.close()
 
     run_virtual(main)
+
+
+def test_a_batch_that_deadlocks_is_retried_not_failed(pg_url: str) -> None:
+    """Another session takes two request ids in the opposite order; PostgreSQL aborts the
+    store's transaction as a deadlock, the store runs it again, and both units then find
+    their ids taken: DuplicateRequest each, nothing written, no StoreError."""
+    schema = PostgresStore(pg_url).schema
+    waiting = threading.Event()
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    async def other_session() -> None:
+        conn = await asyncpg.connect(
+            SERVER, server_settings={"search_path": schema, "deadlock_timeout": "10s"}
+        )
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO requests VALUES ('r2', 'x', 'stop', NULL)")
+                waiting.set()
+                # until the store's transaction waits for r2 (bounded by statement_timeout)
+                await conn.execute(
+                    "SET LOCAL statement_timeout = 20000; DO $$ BEGIN WHILE NOT EXISTS "
+                    "(SELECT 1 FROM pg_locks WHERE NOT granted AND locktype = 'transactionid')"
+                    " LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"
+                )
+                await conn.execute("INSERT INTO requests VALUES ('r1', 'x', 'stop', NULL)")
+        finally:
+            await conn.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(other_session())
+        except BaseException as exc:  # reported in the test's thread
+            failure.append(exc)
+        finally:
+            waiting.set()
+            done.set()
+
+    async def main() -> None:
+        store = await _opened(pg_url, "compute1")
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            assert waiting.wait(timeout=30)
+            units = []
+            for n, rid in ((1, "r1"), (2, "r2")):
+                inst = instance(uuid=f"00000000-0000-4000-8000-00000000001{n}")
+                store.stage(None, inst)
+                units.append(Write(instance=inst, request=RequestRecord(rid, "a", "stop", None)))
+            results = await store.persist(units)
+            assert [type(r) for r in results] == [DuplicateRequest, DuplicateRequest]
+            assert list(store.all()) == []
+            assert await _sql(pg_url, "SELECT count(*) FROM instances") == 0
+        finally:
+            assert done.wait(timeout=60)
+            thread.join(timeout=10)
+            await store.close()
+        assert not failure, failure
+
+    run_virtual(main)
