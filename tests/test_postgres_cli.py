@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,28 @@ def test_an_unreachable_server_is_one_line_and_a_non_zero_exit(
     assert "cannot connect to postgresql://postgres@127.0.0.1:1/test" in text
     assert main(["status", "--db", url]) == 1
     assert len(_out(capsys).strip().splitlines()) == 1
+
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+README_URL = "postgresql://postgres@127.0.0.1:5432/test?schema=ism_demo"
+
+
+def _readme_commands() -> list[list[str]]:
+    """The ``ism`` lines of the README's PostgreSQL section."""
+    section = README.split("### PostgreSQL store", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("ism ")]
+
+
+def test_the_readme_postgresql_commands_run_as_written(
+    pg_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``ism`` line of the README's PostgreSQL section exits 0, on a fresh schema."""
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the README's paths are the repo's
+    commands = _readme_commands()
+    assert len(commands) >= 5
+    for argv in commands:
+        argv = [pg_url if arg == README_URL else arg for arg in argv]
+        assert pg_url in argv, argv
+        assert main(argv) == 0, (argv, _out(capsys))
+    assert "ok:" in _out(capsys)
