@@ -32,14 +32,17 @@ def _examples() -> list[tuple[str, str]]:
     return pairs
 
 
-def _commands() -> list[list[str]]:
-    return [
-        shlex.split(line[2:])[1:]
-        for lang, body in BLOCKS
-        if lang == "console"
-        for line in body.splitlines()
-        if line.startswith("$ ism ")
-    ]
+def _commands() -> list[list[list[str]]]:
+    """The ``$ ism …`` lines of each console block, in order (a block may build on itself:
+    a simulation writes a store its next line verifies)."""
+    blocks = []
+    for lang, body in BLOCKS:
+        lines = [
+            shlex.split(line[2:])[1:] for line in body.splitlines() if line.startswith("$ ism ")
+        ]
+        if lang == "console" and lines:
+            blocks.append(lines)
+    return blocks
 
 
 @pytest.mark.parametrize("example", _examples(), ids=lambda e: e[0].splitlines()[0][:40])
@@ -54,10 +57,13 @@ def test_python_example_prints_what_the_readme_says(example: tuple[str, str]) ->
     assert out.getvalue() == expected
 
 
-@pytest.mark.parametrize("argv", _commands(), ids=lambda a: " ".join(a)[:40])
-def test_console_example_succeeds(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """Each ``$ ism …`` line of the README exits 0."""
-    assert main(argv) == 0, capsys.readouterr().err
+@pytest.mark.parametrize("block", _commands(), ids=lambda b: " ".join(b[0])[:40])
+def test_console_example_succeeds(
+    block: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each ``$ ism …`` line of the README exits 0, run in its block's order."""
+    for argv in block:
+        assert main(argv) == 0, f"ism {' '.join(argv)}: {capsys.readouterr().err}"
 
 
 def test_readme_diagram_is_the_tables() -> None:
