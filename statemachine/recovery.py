@@ -33,7 +33,7 @@ from .lifecycle import REBUILD_STATES
 from .states import TaskState as T
 from .states import VmState as V
 
-__all__ = ["RECOVERY_RULES", "Recovery", "RecoveryRule", "match_rule"]
+__all__ = ["RECOVERY_RULES", "Recovery", "RecoveryRule", "match_rule", "rules_markdown"]
 
 
 class Recovery(enum.Enum):
@@ -200,3 +200,29 @@ def match_rule(
         if rule.applies(vm, task, power):
             return rule
     return None
+
+
+def _names(values: Iterable[enum.Enum] | None) -> str:
+    if values is None:
+        return "any"
+    return ", ".join(sorted(str(getattr(v, "label", None) or v.value) for v in values))
+
+
+def rules_markdown(rules: Iterable[RecoveryRule] = RECOVERY_RULES) -> str:
+    """The rules as a Markdown table, in order (the README embeds it; a test keeps it current)."""
+    lines = [
+        "| Nova | vm_state | task_state | power state | then |",
+        "|---|---|---|---|---|",
+    ]
+    for rule in rules:
+        vm = _names(rule.vm_states)
+        if rule.except_vm_states:
+            vm += f" except {_names(rule.except_vm_states)}"
+        task = _names(rule.task_states)
+        if rule.except_task_states:
+            task += f" except {_names(rule.except_task_states)}"
+        lines.append(
+            f"| {rule.nova} | {vm} | {task} | {_names(rule.power_states)} | "
+            f"{rule.response.name}: {rule.doc} |"
+        )
+    return "\n".join(lines) + "\n"

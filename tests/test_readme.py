@@ -13,6 +13,7 @@ import pytest
 from statemachine.cli import main
 from statemachine.diagrams import export_lifecycle, mermaid_overview, states_markdown
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
+from statemachine.recovery import rules_markdown
 from tests.libvirt_support import libvirt_module
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -77,6 +78,13 @@ def test_readme_state_tables_are_the_tables() -> None:
     begin, end = "<!-- ism states --format markdown -->\n", "<!-- end ism states -->"
     table = README[README.index(begin) + len(begin) : README.index(end)]
     assert table == states_markdown(export_lifecycle(DEFAULT_LIFECYCLE))
+
+
+def test_readme_recovery_rules_are_the_rules() -> None:
+    """The README's table of recovery rules is ``statemachine.recovery.RECOVERY_RULES``."""
+    begin, end = "<!-- ism recovery rules -->\n", "<!-- end ism recovery rules -->"
+    table = README[README.index(begin) + len(begin) : README.index(end)]
+    assert table == rules_markdown()
 
 
 def test_committed_diagram_is_current(capsys: pytest.CaptureFixture[str]) -> None:
