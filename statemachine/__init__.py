@@ -15,6 +15,7 @@ import contextlib
 from drivers.base import PowerState
 
 from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
+from .amqp import AmqpStatistics, AmqpTransport
 from .clock import Clock, SystemClock, VirtualClock, VirtualTimeLoop, run_virtual, to_thread
 from .config import Config
 from .engine import (
@@ -46,6 +47,7 @@ from .errors import (
     NoValidHost,
     ScenarioError,
     StepDeadlineExceeded,
+    TransportError,
     UnexpectedDeletingTaskState,
     WaitTimeout,
     WatchOverflow,
@@ -70,6 +72,8 @@ __all__ = [
     "ActionPreempted",
     "ActionRefused",
     "ActionResult",
+    "AmqpStatistics",
+    "AmqpTransport",
     "BuildTimeout",
     "Busy",
     "Clock",
@@ -118,6 +122,7 @@ __all__ = [
     "SystemClock",
     "Target",
     "TaskState",
+    "TransportError",
     "UnexpectedDeletingTaskState",
     "VirtualClock",
     "VirtualTimeLoop",
