@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     listener = oslo_messaging.get_notification_listener(
         transport, targets, [Endpoint()], executor="threading"
     )
-    listener.start()  # declares the exchange, the queues and their bindings before returning
+    # One executor thread: messages are handled one at a time in the order they arrive, so the
+    # lines this prints keep each queue's order (a wider pool may reorder them).
+    listener.start(override_pool_size=1)  # declares exchange, queues, bindings, then returns
     _say({"ready": True})
     try:
         sys.stdin.read()  # until the test closes our stdin (or dies)

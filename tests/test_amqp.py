@@ -460,3 +460,17 @@ async def test_a_broker_restart_in_the_middle_loses_nothing(
             print(f"  {at:7.2f} s  {what[:160]}")
         print(f"  {statistics}")
         print(f"  listener received {len(listener.received)} for {len(everything)} sent")
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.asyncio
+async def test_the_benchmark_counts_what_the_broker_confirmed(
+    rabbitmq: None, ism_notifications: list[Notification]
+) -> None:
+    """``python -m tests.bench_amqp`` measures confirmed notifications over its batches."""
+    from tests.bench_amqp import measure
+
+    result = await measure(ism_notifications, batches=3, in_flight=8)
+    assert result.confirmed == 3 * len(ism_notifications)
+    assert len(result.seconds) == 3
+    assert result.per_second > 0
