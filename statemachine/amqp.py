@@ -127,8 +127,8 @@ class AmqpTransport:
     """Publishes notifications to RabbitMQ for oslo.messaging consumers (module docstring).
 
     Use ``async with AmqpTransport(url) as transport`` (or :meth:`open` and :meth:`close`),
-    then ``await transport.publish(notifications)`` from one task at a time (concurrent
-    calls wait for each other, so each call's notifications stay together and in order).
+    then ``await transport.publish(notifications)``. Calls from several tasks take turns (each
+    call's notifications stay together and in order); each turn is bounded, so is the wait.
 
     Args:
         url: ``amqp://user:password@host:5672/vhost`` (``amqps://`` for TLS); URL query
@@ -284,7 +284,9 @@ class AmqpTransport:
         async with self._lock:
             if self._state != "open":
                 self._failures += 1
-                raise TransportError(f"{self!r} is {self._state}: open it first")
+                raise TransportError(
+                    f"{self!r} is closed" if self._state == "closed" else f"{self!r}: open it first"
+                )
             if not wires:
                 return
             try:

@@ -142,10 +142,12 @@ class OsloListener:
         *,
         durable: bool = False,
         quorum: bool = False,
+        auto_delete: bool = False,
     ) -> None:
         self.exchange = exchange
         self.topic = topic
-        self.flags = [f for f, on in (("--durable", durable), ("--quorum", quorum)) if on]
+        options = (("--durable", durable), ("--quorum", quorum), ("--auto-delete", auto_delete))
+        self.flags = [flag for flag, on in options if on]
         self.received: list[dict[str, Any]] = []
         self._process: asyncio.subprocess.Process | None = None
 

@@ -6,7 +6,8 @@ the reference ism's transport must satisfy. It runs in a subprocess because oslo
 wants its own executor threads and imports eventlet (which warns on import, and the test
 suite turns warnings into errors).
 
-Usage: ``python -m tests.oslo_listener URL EXCHANGE TOPIC [--durable] [--quorum]``. It
+Usage: ``python -m tests.oslo_listener URL EXCHANGE TOPIC [--durable] [--quorum]
+[--auto-delete]``. It
 declares its consumers (exchange, ``<topic>.info`` and ``<topic>.error`` queues) as the
 deployment's oslo.messaging would, prints ``{"ready": true}``, then one JSON line per received
 notification (``priority``, ``publisher_id``, ``event_type``, ``payload``, ``metadata``,
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("topic")
     parser.add_argument("--durable", action="store_true", help="amqp_durable_queues = True")
     parser.add_argument("--quorum", action="store_true", help="rabbit_quorum_queue = True")
+    parser.add_argument("--auto-delete", action="store_true", help="amqp_auto_delete = True")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     group = "oslo_messaging_rabbit"
     conf.set_override("amqp_durable_queues", args.durable, group=group)
     conf.set_override("rabbit_quorum_queue", args.quorum, group=group)
+    conf.set_override("amqp_auto_delete", args.auto_delete, group=group)
     conf.set_override("rabbit_retry_interval", 1, group=group)
     conf.set_override("rabbit_retry_backoff", 1, group=group)
     conf.set_override("rabbit_interval_max", 2, group=group)

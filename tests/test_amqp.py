@@ -206,9 +206,13 @@ async def test_publishing_needs_an_open_transport(ism_notifications: list[Notifi
     with pytest.raises(TransportError, match="open it first"):
         await transport.publish(ism_notifications)
     await transport.close()
-    with pytest.raises(TransportError, match="closed"):
+    with pytest.raises(TransportError, match="is closed"):
         await transport.open()
-    assert transport.statistics().published == 0
+    with pytest.raises(TransportError, match="is closed"):
+        await transport.publish(ism_notifications)
+    assert transport.statistics() == AmqpStatistics(
+        published=0, confirmed=0, reconnects=0, failures=3, connected=False
+    )
 
 
 # -- against RabbitMQ, read by oslo.messaging ------------------------------------------------
@@ -267,22 +271,67 @@ async def test_what_is_published_before_a_listener_starts_waits_for_it(
             await listener.receive_ids(n.message_id for n in ism_notifications)
 
 
+#: oslo.messaging options of a deployment → the transport options that match them.
+DEPLOYMENTS = {
+    "amqp_durable_queues": ({"durable": True}, {"durable": True}),
+    "amqp_auto_delete": ({"auto_delete": True}, {"auto_delete": True}),
+    "rabbit_quorum_queue": ({"quorum": True}, {"quorum_queues": True}),
+}
+
+
 @pytest.mark.rabbitmq
 @pytest.mark.asyncio
-async def test_a_durable_deployment_is_matched_when_configured(
-    rabbitmq: None, ism_notifications: list[Notification]
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+async def test_a_deployments_oslo_options_are_matched_when_configured(
+    rabbitmq: None, ism_notifications: list[Notification], deployment: str
 ) -> None:
-    """With oslo's ``amqp_durable_queues`` on the listener, ``durable=True`` publishes to it."""
+    """A listener declared with oslo's durable, auto-delete or quorum options first, then the
+    transport with the matching option: it opens and the listener gets every notification."""
     require_oslo()
+    listener_flags, transport_options = DEPLOYMENTS[deployment]
     topic = unique("versioned_notifications")
-    exchange = unique("ism-durable")
+    exchange = unique(f"ism-{deployment.replace('_', '-')}")
     async with (
         broker_cleanup(queues_of(topic), [exchange]),
-        OsloListener(exchange, topic, durable=True) as listener,
-        AmqpTransport(AMQP_URL, exchange=exchange, topic=topic, durable=True) as transport,
+        OsloListener(exchange, topic, **listener_flags) as listener,
+        AmqpTransport(AMQP_URL, exchange=exchange, topic=topic, **transport_options) as t,
     ):
-        await transport.publish(ism_notifications)
+        await t.publish(ism_notifications)
         await listener.receive_ids(n.message_id for n in ism_notifications)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.asyncio
+async def test_a_nack_raises_with_the_confirmed_prefix(
+    rabbitmq: None, fleet: list[Notification]
+) -> None:
+    """The broker nacks what overflows a ``reject-publish`` queue of three: publish raises
+    TransportError with ``confirmed == 3``, and the next call reconnects and succeeds."""
+    import aio_pika
+
+    infos = [n for n in fleet if n.priority == "INFO"][:5]
+    topic = unique("versioned_notifications")
+    async with broker_cleanup(queues_of(topic)):
+        connection = await aio_pika.connect(AMQP_URL, timeout=30)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange("ism", aio_pika.ExchangeType.TOPIC)
+            queue = await channel.declare_queue(
+                f"{topic}.info", arguments={"x-max-length": 3, "x-overflow": "reject-publish"}
+            )
+            await queue.bind(exchange, routing_key=f"{topic}.info")
+            transport = AmqpTransport(AMQP_URL, topic=topic, declare_queues=False, **_fast())
+            async with transport:
+                with pytest.raises(TransportError, match="2 of 5 notifications not") as caught:
+                    await transport.publish(infos)
+                assert caught.value.confirmed == 3
+                assert transport.statistics().connected is False  # dropped; next call starts afresh
+                await queue.purge()
+                await transport.publish(infos[3:])
+            assert (await queue.declare()).message_count == 2
+    statistics = transport.statistics()
+    assert (statistics.published, statistics.confirmed) == (7, 5)
+    assert (statistics.reconnects, statistics.failures) == (1, 1)
 
 
 @pytest.mark.rabbitmq
@@ -474,3 +523,37 @@ async def test_the_benchmark_counts_what_the_broker_confirmed(
     assert result.confirmed == 3 * len(ism_notifications)
     assert len(result.seconds) == 3
     assert result.per_second > 0
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_broker_that_does_not_confirm_in_time_fails_the_call(
+    rabbitmq: None, ism_notifications: list[Notification]
+) -> None:
+    """Under a memory alarm RabbitMQ stops reading from publishers, so no confirm comes:
+    publish raises TransportError after ``confirm_timeout`` (and the bounded close), and once
+    the alarm clears the next call reconnects and succeeds."""
+    only_when_services_required("raises a memory alarm on the machine's RabbitMQ")
+    watermark = (await ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")).strip()
+    assert float(watermark) > 0, f"restoring a watermark like {watermark!r} is not written"
+    topic = unique("versioned_notifications")
+    options = _fast(confirm_timeout=1.0, connect_timeout=2.0)
+    async with (
+        broker_cleanup(queues_of(topic)),
+        AmqpTransport(AMQP_URL, topic=topic, **options) as transport,
+    ):
+        await transport.publish(ism_notifications[:1])  # connected and declared before the alarm
+        await ctl("set_vm_memory_high_watermark", "0")
+        try:
+            started = time.monotonic()
+            with pytest.raises(TransportError, match="TimeoutError"):
+                await transport.publish(ism_notifications)
+            elapsed = time.monotonic() - started
+        finally:
+            await ctl("set_vm_memory_high_watermark", watermark)
+        assert 1.0 <= elapsed < 1.0 + 2.0 + 1.0  # the confirm timeout, then at most the close
+        await transport.publish(ism_notifications)
+    statistics = transport.statistics()
+    assert (statistics.reconnects, statistics.failures) == (1, 1)
+    assert statistics.confirmed == 1 + len(ism_notifications)
