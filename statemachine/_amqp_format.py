@@ -128,8 +128,8 @@ def encode(notification: Notification, topic: str) -> WireMessage:
 
     Raises:
         InvalidRequest: the priority is not one oslo delivers, or the payload is not JSON
-            (a value JSON cannot carry, NaN, a key that is not a string). Such a notification
-            can never be delivered; retrying would not help.
+            (an object JSON cannot carry, NaN or infinity, a tuple as a key). Such a
+            notification can never be delivered; retrying would not help.
     """
     key = routing_key(topic, notification.priority)
     try:

@@ -272,7 +272,7 @@ async def test_what_is_published_before_a_listener_starts_waits_for_it(
 
 
 #: oslo.messaging options of a deployment → the transport options that match them.
-DEPLOYMENTS = {
+DEPLOYMENTS: dict[str, tuple[dict[str, bool], dict[str, Any]]] = {
     "amqp_durable_queues": ({"durable": True}, {"durable": True}),
     "amqp_auto_delete": ({"auto_delete": True}, {"auto_delete": True}),
     "rabbit_quorum_queue": ({"quorum": True}, {"quorum_queues": True}),
