@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed into .venv. `libvirt` builds libvirt-python against libvirt-dev (see .ci/run);
-# `make test EXTRAS=test` leaves it out, and the libvirt tests then skip, saying why.
-EXTRAS ?= test,libvirt
+# `amqp` is aio-pika for the RabbitMQ transport. `make test EXTRAS=test` leaves both out, and
+# the libvirt and RabbitMQ tests then skip, saying why.
+EXTRAS ?= test,libvirt,amqp
 
 .PHONY: demo test lint typecheck unit bench clean diagrams-check
 

@@ -15,6 +15,7 @@ import contextlib
 from drivers.base import PowerState
 
 from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
+from .amqp import AmqpStatistics, AmqpTransport
 from .audit import AuditEntry, AuditRecord, VerifyReport
 from .clock import Clock, SystemClock, VirtualClock, VirtualTimeLoop, run_virtual, to_thread
 from .config import Config
@@ -49,6 +50,7 @@ from .errors import (
     ScenarioError,
     StepDeadlineExceeded,
     StoreError,
+    TransportError,
     UnexpectedDeletingTaskState,
     WaitTimeout,
     WatchOverflow,
@@ -77,6 +79,8 @@ __all__ = [
     "ActionRecord",
     "ActionRefused",
     "ActionResult",
+    "AmqpStatistics",
+    "AmqpTransport",
     "AuditEntry",
     "AuditRecord",
     "BuildTimeout",
@@ -133,6 +137,7 @@ __all__ = [
     "SystemClock",
     "Target",
     "TaskState",
+    "TransportError",
     "UnexpectedDeletingTaskState",
     "VerifyReport",
     "VirtualClock",

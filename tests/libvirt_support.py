@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
-
-import pytest
 
 from drivers.libvirt import LibvirtOptions
+
+# the skip-or-fail rule lives in tests.support (shared with the RabbitMQ tests); re-exported
+from tests.support import missing as missing
+from tests.support import services_required as services_required
 
 QEMU_URI = "qemu:///system"
 
@@ -30,18 +30,6 @@ FAST = LibvirtOptions(
     call_grace=30.0,
     lock_timeout=60.0,
 )
-
-
-def services_required() -> bool:
-    """Whether a missing service fails the test (``ISM_REQUIRE_SERVICES=1``)."""
-    return os.environ.get("ISM_REQUIRE_SERVICES") == "1"
-
-
-def missing(reason: str) -> NoReturn:
-    """Skip with ``reason``, or fail with it when services are required."""
-    if services_required():
-        pytest.fail(f"ISM_REQUIRE_SERVICES=1 but {reason}")
-    pytest.skip(reason)
 
 
 @functools.cache

@@ -7,7 +7,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ParamSpec
+from typing import Any, NoReturn, ParamSpec
 
 import attrs
 import pytest
@@ -119,16 +119,23 @@ def run_with_store(store: Store, body: Callable[[World], Awaitable[None]], **opt
     run_virtual(main)
 
 
-def require_binary(name: str, why: str) -> str:
-    """The path of an external program a test needs.
+def services_required() -> bool:
+    """Whether a missing service or program fails the test (``ISM_REQUIRE_SERVICES=1``, which
+    ``.ci/run`` exports after installing and starting them) instead of skipping it."""
+    return os.environ.get("ISM_REQUIRE_SERVICES") == "1"
 
-    On a dev machine without it the test skips, saying so; in CI (``ISM_REQUIRE_SERVICES=1``,
-    exported by ``.ci/run``) it fails, so a missing install step cannot hide behind a skip.
-    """
+
+def missing(reason: str) -> NoReturn:
+    """Skip with ``reason`` on a machine without what the test needs, or fail with it when
+    services are required: in CI a missing service is a broken setup, never a quiet skip."""
+    if services_required():
+        pytest.fail(f"ISM_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def require_binary(name: str, why: str) -> str:
+    """The path of an external program a test needs (skip or fail as :func:`missing`)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed ({why})"
-        if os.environ.get("ISM_REQUIRE_SERVICES") == "1":
-            pytest.fail(message + " and ISM_REQUIRE_SERVICES=1")
-        pytest.skip(message)
+        missing(f"{name} is not installed ({why})")
     return path

@@ -14,6 +14,7 @@ from statemachine.cli import main
 from statemachine.diagrams import export_lifecycle, mermaid_overview, states_markdown
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
 from statemachine.recovery import rules_markdown
+from tests.amqp_support import require_rabbitmq
 from tests.libvirt_support import libvirt_module
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -52,6 +53,8 @@ def test_python_example_prints_what_the_readme_says(example: tuple[str, str]) ->
     code, expected = example
     if "drivers.libvirt" in code:
         libvirt_module()  # skips without libvirt-python, fails under ISM_REQUIRE_SERVICES=1
+    if "AmqpTransport(" in code:
+        require_rabbitmq()  # skips without aio-pika or RabbitMQ, fails under the same rule
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
