@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed into .venv. `libvirt` builds libvirt-python against libvirt-dev (see .ci/run);
-# `make test EXTRAS=test` leaves it out, and the libvirt tests then skip, saying why.
-# `postgres` is asyncpg, for the PostgreSQL store (its tests skip without a server, same rule).
-EXTRAS ?= test,libvirt,postgres
+# `amqp` is aio-pika for the RabbitMQ transport; `postgres` is asyncpg for the PostgreSQL
+# store. `make test EXTRAS=test` leaves them out, and the libvirt, RabbitMQ and PostgreSQL tests
+# then skip, saying why.
+EXTRAS ?= test,libvirt,amqp,postgres
 
 .PHONY: demo test lint typecheck unit bench clean diagrams-check
 

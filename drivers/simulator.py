@@ -420,6 +420,32 @@ class SimulatorDriver:
         """The simulator's record of a guest, or None if it holds none."""
         return self._guests.get(uuid)
 
+    def set_power(self, uuid: str, power: PowerState) -> None:
+        """The guest's power state changes and no event says so (a lost event): what a
+        periodic sync must find by asking.
+
+        Raises:
+            GuestNotFound: the simulator holds no such guest.
+        """
+        old = self._guests.get(uuid)
+        if old is None:
+            raise GuestNotFound(uuid)
+        self._guests[uuid] = attrs.evolve(old, power=power)
+
+    def place(self, guest: SimGuest) -> None:
+        """Hold ``guest`` as if it had been running all along: the hypervisor outlives the
+        engine, so a resumed fleet (or a recovery test) puts back what the store recorded.
+
+        Raises:
+            ValueError: the host is unknown, or the uuid is already held.
+        """
+        self._host(guest.host)
+        if guest.uuid in self._guests:
+            raise ValueError(f"guest {guest.uuid} is already held")
+        self._guests[guest.uuid] = guest
+        for host, flavor in _holdings(guest):
+            self._used[host] = _add(self._used[host], flavor)
+
     def statistics(self) -> SimStatistics:
         """A snapshot of calls, faults, dropped events, placement, latencies and usage."""
         per_host = dict.fromkeys(self._hosts, 0)

@@ -15,6 +15,7 @@ import contextlib
 from drivers.base import PowerState
 
 from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
+from .amqp import AmqpStatistics, AmqpTransport
 from .audit import AuditEntry, AuditRecord, VerifyReport
 from .clock import (
     Clock,
@@ -57,6 +58,7 @@ from .errors import (
     ScenarioError,
     StepDeadlineExceeded,
     StoreError,
+    TransportError,
     UnexpectedDeletingTaskState,
     WaitTimeout,
     WatchOverflow,
@@ -93,6 +95,8 @@ __all__ = [
     "ActionRecord",
     "ActionRefused",
     "ActionResult",
+    "AmqpStatistics",
+    "AmqpTransport",
     "AuditEntry",
     "AuditRecord",
     "BuildTimeout",
@@ -150,6 +154,7 @@ __all__ = [
     "SystemClock",
     "Target",
     "TaskState",
+    "TransportError",
     "UnexpectedDeletingTaskState",
     "VerifyReport",
     "VirtualClock",

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         help="commit each change in its own transaction (the benchmark's baseline)",
     )
     sim.add_argument("--events-out", type=Path, metavar="EVENTS.jsonl", help="append envelopes")
+    sim.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="write re-sent notifications to --events-out again (to observe at-least-once)",
+    )
+    sim.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run on --db after recovery"
+    )
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
@@ -122,7 +130,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
     driver = _chosen_driver(args)
     store = _chosen_store(args)
-    sinks = [JsonlSink(args.events_out, append=True)] if args.events_out else []
+    sinks = (
+        [JsonlSink(args.events_out, append=True, dedupe=not args.keep_duplicates)]
+        if args.events_out
+        else []
+    )
     started = time.perf_counter()
     try:
         report = simulate(
@@ -133,6 +145,8 @@ def _simulate(args: argparse.Namespace) -> int:
             store=store,
             sinks=sinks,
             group_commit=args.group_commit,
+            resume=args.resume,
+            on_ready=_ready if args.db else None,
         )
     finally:
         for sink in sinks:
@@ -141,7 +155,19 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     if args.db:
         print(f"store: {args.db} (ism status --db {args.db}; ism audit verify {args.db})")
+    if report.signal is not None:
+        return 128 + report.signal
     return 0 if report.stuck == 0 else 1
+
+
+def _ready(recovered: int, seconds: float) -> None:
+    """Said at once (a run may be killed before its summary): what recovery found."""
+    print(
+        f"ism simulate: engine ready in {seconds:.3f} s, {recovered} interrupted instances "
+        "taken up by recovery",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:

@@ -56,6 +56,11 @@ class Config:
     """Bound on actions in flight at once; past it new actions are refused with ``Busy``."""
     watch_buffer: int = attrs.field(default=10_000, validator=_bounded(1, 10_000_000))
     """Bound on each watcher's buffer of undelivered state changes."""
+    sync_power_state_interval: float = attrs.field(default=600.0, validator=_number)
+    """Nova's option: seconds between two syncs of every idle instance's power state with the
+    driver (so a lost hypervisor event is corrected); 0 means every 60 s, negative never."""
+    recovery_concurrency: int = attrs.field(default=8, validator=_bounded(1, 1024))
+    """How many driver queries recovery and the power sync run at once."""
     drain_timeout: float = attrs.field(default=30.0, validator=_number)
     group_commit: bool = True
     """Commit concurrent changes in one transaction (one fsync); False commits each alone."""

@@ -14,12 +14,21 @@ path, so once nothing runs no instance is left in a transient state.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import logging
 import random
 import traceback
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, Literal, Self, final, overload
 
@@ -91,6 +100,7 @@ from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
 from .outbox import Outbox
 from .policy import Policy
+from .recovery import Recovery, RecoveryRule, match_rule
 from .redact import scrub
 from .sinks import Sink
 from .states import TaskState, VmState
@@ -174,13 +184,22 @@ class Engine:
             timeout=self.config.commit_timeout,
         )
         self._by_request: dict[str, ActionHandle | anyio.Event] = {}
+        self.recovered: list[tuple[str, RecoveryRule | None]] = []
+        """What the last start's recovery found: each interrupted instance and its rule."""
+        self.recovery_seconds = 0.0
+        self._syncing = False
+        self._syncs = 0
+        self._background: set[anyio.CancelScope] = set()
+        """Scopes of the engine's own background passes (power sync), cancelled first on exit
+        so that nothing commits once the committer stops."""
         self._running: dict[str, ActionHandle] = {}
         self._inflight: set[ActionHandle] = set()
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
         self._armed: dict[tuple[str, str], TimerHandle] = {}
-        self._chained: dict[str, str] = {}
+        self._chained: dict[str, tuple[str, dict[str, Any], str]] = {}
+        """What an action starts as the system once it ends: (action, params, why)."""
         self._feed = ChangeFeed()
         self._tg: TaskGroup | None = None
         self._accepting = False
@@ -208,7 +227,10 @@ class Engine:
         self._tg.start_soon(self._outbox.run)
         await self._outbox.replay()
         for record in self._store.all():
-            self._rearm(record)
+            self._rearm(record, restart=True)
+        self._accepting = True  # recovery's own follow-ups go through submit
+        await self._recover()
+        self._arm_sync()
         if self.config.handle_virt_lifecycle_events:
             self._tg.start_soon(self._listen)
         self._accepting = True
@@ -222,6 +244,8 @@ class Engine:
     ) -> bool | None:
         self._accepting = False
         assert self._tg is not None
+        for scope in list(self._background):
+            scope.cancel()
         try:
             if exc is None:
                 with anyio.move_on_after(self.config.drain_timeout):
@@ -746,6 +770,8 @@ class Engine:
             power_state=PowerState.NOSTATE,
             created_at=now,
             updated_at=now,
+            state_since=now,
+            task_since=now,
             key_name=params.get("key_name"),
             metadata=params.get("metadata", {}),
             request_id=ctx.request_id,
@@ -794,7 +820,13 @@ class Engine:
         for event in handle.step.before:
             self._note(event, handle.inst, handle)
 
-    def _start(self, handle: ActionHandle, *, running_slot: bool) -> None:
+    def _start(
+        self,
+        handle: ActionHandle,
+        *,
+        running_slot: bool,
+        body: Callable[[], Awaitable[IsmError | None]] | None = None,
+    ) -> None:
         assert self._tg is not None
         self._accepted += 1
         if running_slot:
@@ -805,7 +837,7 @@ class Engine:
         self._active += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
-        self._tg.start_soon(self._run, handle, name=f"ism:{handle.name}:{handle.uuid}")
+        self._tg.start_soon(self._run, handle, body, name=f"ism:{handle.name}:{handle.uuid}")
 
     def _preempt(self, victim: ActionHandle, *, by: str, current: Instance) -> list[NoteSpec]:
         """End ``victim`` at once: mark it preempted and cancel its scope (its next
@@ -832,27 +864,40 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def _run(self, handle: ActionHandle) -> None:
+    async def _run(
+        self,
+        handle: ActionHandle,
+        body: Callable[[], Awaitable[IsmError | None]] | None = None,
+    ) -> None:
+        """Run the action (its steps, or ``body`` for an action recovery takes up) to its end,
+        and record how it ended."""
         error: IsmError | None = None
         outcome = Outcome.FAILED  # until it is known to have ended otherwise
         try:
             with handle.scope:
-                error = await self._run_steps(handle)
+                error = await (body() if body is not None else self._run_steps(handle))
             if self._running.get(handle.uuid) is handle:
                 del self._running[handle.uuid]
             chained = self._chained.pop(handle.uuid, None)
             if chained is not None:
-                await self._system_action(chained, handle.uuid, "timed transition")
+                await self._system_action(chained[0], handle.uuid, chained[2], chained[1])
             if handle.preempted_by is not None:
                 outcome = Outcome.PREEMPTED
                 error = ActionPreempted(handle.name, handle.uuid, handle.preempted_by)
             elif handle.scope.cancel_called and not handle.ended:
-                # cancelled by the build timeout or the engine shutting down
-                reason = handle.interrupt or ActionFailed(
-                    handle.name, handle.uuid, None, "the engine stopped"
-                )
-                with anyio.CancelScope(shield=True):
-                    error = await self._fail(handle, reason)
+                if handle.interrupt is None and not self._accepting and self._store.durable:
+                    # the engine stops: what is durable stays mid-step, and recovery takes
+                    # the action up at the next start (it writes the outcome then)
+                    error = ActionFailed(
+                        handle.name, handle.uuid, _step_name(handle.step),
+                        "interrupted: the engine stopped; recovery resumes it at the next start",
+                    )  # fmt: skip
+                else:  # the build timeout, or an engine whose store does not survive it
+                    reason = handle.interrupt or ActionFailed(
+                        handle.name, handle.uuid, None, "the engine stopped"
+                    )
+                    with anyio.CancelScope(shield=True):
+                        error = await self._fail(handle, reason)
                 outcome = Outcome.FAILED
             elif error is not None:
                 outcome = (
@@ -897,17 +942,19 @@ class Engine:
             if self._active == 0:
                 self._idle.set()
 
-    async def _run_steps(self, handle: ActionHandle) -> IsmError | None:
+    async def _run_steps(self, handle: ActionHandle, *, resume: bool = False) -> IsmError | None:
         """Run every step; return the error that ended the action, or None.
 
         Each step's opening events were noted when the action arrived at it (with the
         acceptance, or with the previous step's commit); whatever is still unwritten is
-        flushed before the step's driver call.
+        flushed before the step's driver call. With ``resume`` the action is already at its
+        step (recovery takes it up there) and runs that step's call again.
         """
         action = handle.action
         if handle.scope.cancel_called:
             return None  # preempted (or interrupted) before it began: it says nothing
-        self._enter_step(handle, self._first_step(action, handle.inst))
+        if not resume:  # recovery resumes an action at the step it was interrupted in
+            self._enter_step(handle, self._first_step(action, handle.inst))
         pending: dict[str, Any] = {}
         previous: Step | None = None
         for index, step in enumerate(action.steps):
@@ -1326,7 +1373,12 @@ class Engine:
 
     # -- timed transitions --------------------------------------------------------------------
 
-    def _rearm(self, inst: Instance) -> None:
+    def _rearm(self, inst: Instance, *, restart: bool = False) -> None:
+        """Arm (or disarm) the instance's timed transitions for its current state.
+
+        The due instant is ``state_since`` plus the configured delay, so an engine that
+        restarts arms each with the time remaining, and at once when it is past.
+        """
         for timed in self.lifecycle.timed:
             key = (inst.uuid, timed.name)
             wanted = inst.vm_state is timed.vm_state and (timed.any_task or inst.task_state is None)
@@ -1337,15 +1389,21 @@ class Engine:
                 armed = None
             if wanted and armed is None:
                 delay = timed.delay(self.config.option(timed.option))
-                if delay == 0 and timed.action is not None:
+                if delay == 0 and timed.action is not None and not restart:
                     # "now" (shelved_offload_time 0): the committing action chains it before
                     # it ends, so no observer sees the instance idle in between
-                    self._chained[inst.uuid] = timed.action
+                    self._chained[inst.uuid] = (timed.action, {}, "timed transition")
                 elif delay is not None:
                     self._armed[key] = self._timers.call_at(
-                        anyio.current_time() + delay,
+                        anyio.current_time() + self._remaining(inst.state_since, delay),
                         functools.partial(self._fire, inst.uuid, timed),
                     )
+
+    def _remaining(self, since: dt.datetime | None, delay: float) -> float:
+        """Seconds left of ``delay`` counted from the wall-clock instant ``since``."""
+        if since is None:
+            return delay
+        return max(0.0, delay - (self.clock.wall() - since).total_seconds())
 
     def _fire(self, uuid: str, timed: TimedTransition) -> None:
         self._armed.pop((uuid, timed.name), None)
@@ -1359,12 +1417,14 @@ class Engine:
         assert self._tg is not None
         self._tg.start_soon(self._system_action, timed.action, uuid, timed.name)
 
-    async def _system_action(self, action: str, uuid: str, why: str) -> None:
+    async def _system_action(
+        self, action: str, uuid: str, why: str, params: Mapping[str, Any] | None = None
+    ) -> None:
         """Start an action on the engine's own behalf; a refusal is logged, not raised."""
         if not self._accepting:
             return
         try:
-            await self.submit(SYSTEM_CONTEXT, action, uuid)
+            await self.submit(SYSTEM_CONTEXT, action, uuid, params)
         except ActionRefused as exc:
             log.info("%s: %s on %s was refused: %s", why, action, uuid, exc)
 
@@ -1455,6 +1515,174 @@ class Engine:
                 elif rule.response is SyncResponse.LOG:
                     log.warning("instance %s is %s but reports %s", uuid, inst.vm_state, power)
                 return
+
+    # -- recovery after a restart (statemachine.recovery) ------------------------------------
+
+    async def _recover(self) -> None:
+        """Apply the recovery rules to every instance left mid-action, then sync every idle
+        instance's power state with the driver (in the background)."""
+        started = anyio.current_time()
+        self.recovered = []
+        for inst in list(self._store.all()):
+            if inst.task_state is None or inst.uuid in self._running:
+                continue
+            power = await self._query_power(inst)
+            rule = match_rule(inst.vm_state, inst.task_state, power or PowerState.NOSTATE)
+            response = rule.response if rule is not None else Recovery.NOTHING
+            handle = await self._orphan(inst)
+            self.recovered.append((inst.uuid, rule))
+            log.info("recovery: %s %s/%s -> %s", inst.uuid, inst.vm_state, inst.task_state,
+                     response.name)  # fmt: skip
+            if response is Recovery.NOTHING:
+                self._arm_orphan(handle)
+                continue
+            why = ActionFailed(
+                handle.name, inst.uuid, _step_name(handle.step), "interrupted: the engine restarted"
+            )
+            if response is Recovery.FAIL_THEN_HARD_REBOOT:
+                self._chained[inst.uuid] = ("reboot", {"type": "HARD"}, "recovery")
+            self._start(
+                handle, running_slot=True, body=self._recovery_body(handle, response, why, power)
+            )
+        self.recovery_seconds = anyio.current_time() - started
+        assert self._tg is not None
+        self._tg.start_soon(self._sync_all)
+
+    def _recovery_body(
+        self,
+        handle: ActionHandle,
+        response: Recovery,
+        why: IsmError,
+        power: PowerState | None,
+    ) -> Callable[[], Awaitable[IsmError | None]]:
+        if response is Recovery.RESUME:
+            return functools.partial(self._run_steps, handle, resume=True)
+        if response is Recovery.DONE:
+            return functools.partial(self._complete_orphan, handle, power)
+        return functools.partial(self._fail, handle, why)
+
+    async def _orphan(self, inst: Instance) -> ActionHandle:
+        """The interrupted action that owns ``inst``'s task_state: its entry (named by the audit
+        log, else the first that has this task_state), positioned at its step with the phases
+        it had opened, on the system's behalf, under its own action id."""
+        task = inst.task_state
+        candidates = [
+            a for a in self.lifecycle.actions if any(s.task_state is task for s in a.steps)
+        ]
+        name = None
+        if inst.action_id is not None:
+            trail = await self._store.read_audit(action_id=inst.action_id, limit=1)
+            name = trail[0].get("action") if trail else None
+        action = ([a for a in candidates if a.public_name == name] or candidates)[0]
+        index = next(i for i, step in enumerate(action.steps) if step.task_state is task)
+        handle = ActionHandle(
+            id=inst.action_id or self._new_action_id(),
+            action=action,
+            uuid=inst.uuid,
+            ctx=SYSTEM_CONTEXT,
+            params={},
+            started_at=anyio.current_time(),
+            inst=inst,
+        )
+        handle.step, handle.step_index = action.steps[index], index
+        for i, step in enumerate(action.steps[: index + 1]):
+            handle.open_phases |= {e[:-6] for e in step.before if e.endswith(".start")}
+            if i < index:
+                handle.open_phases -= {e[:-4] for e in step.after if e.endswith(".end")}
+        handle.opened_any = bool(handle.open_phases)
+        return handle
+
+    async def _complete_orphan(
+        self, handle: ActionHandle, power: PowerState | None
+    ) -> IsmError | None:
+        """The interrupted action evidently finished: walk its remaining steps without their
+        calls (each a change the machine allows) and commit its target."""
+        steps = handle.action.steps
+        for index in range(handle.step_index + 1, len(steps)):
+            failed = await self._advance(handle, steps[index - 1], steps[index], index, {})
+            if failed is not None:
+                return failed
+        changes = {"power_state": power} if power is not None else {}
+        return await self._finish_steps(handle, steps[-1], changes)
+
+    def _arm_orphan(self, handle: ActionHandle) -> None:
+        """Re-arm an interrupted step's deadline from ``task_since``: once past, the action
+        takes its error path (Nova leaves these to periodic timeouts)."""
+        assert handle.step is not None
+        due = self._remaining(handle.inst.task_since, handle.step.deadline)
+        self._timers.call_at(anyio.current_time() + due, functools.partial(self._expire, handle))
+
+    def _expire(self, handle: ActionHandle) -> None:
+        if not self._accepting:
+            return  # the engine stops: the next start re-arms it
+        try:
+            inst = self._store.get(handle.uuid)
+        except InstanceNotFound:
+            return
+        if inst.action_id != handle.id or inst.task_state is None or handle.uuid in self._running:
+            return  # taken over since (a delete), or already resolved
+        assert handle.step is not None
+        handle.inst = inst
+        why = StepDeadlineExceeded(
+            handle.action.name, _step_name(handle.step), handle.step.deadline
+        )
+        self._start(handle, running_slot=True, body=functools.partial(self._fail, handle, why))
+
+    async def _query_power(self, inst: Instance) -> PowerState | None:
+        """What the driver reports for the instance, or None when it cannot tell in time."""
+        if inst.host is None:
+            return PowerState.NOSTATE
+        try:
+            with anyio.fail_after(60):
+                return await self.driver.power_state(inst.guest())
+        except (DriverError, TimeoutError) as exc:
+            log.info("power state of %s unknown: %s", inst.uuid, scrub(str(exc)))
+            return None
+
+    # -- the periodic power sync --------------------------------------------------------------
+
+    def _arm_sync(self) -> None:
+        interval = self.config.sync_power_state_interval
+        if interval < 0:
+            return
+        self._timers.call_at(anyio.current_time() + (interval or 60.0), self._sync_tick)
+
+    def _sync_tick(self) -> None:
+        if self._tg is None or not self._accepting:
+            return
+        if not self._syncing:
+            self._tg.start_soon(self._sync_all)
+        self._arm_sync()
+
+    async def _sync_all(self) -> None:
+        """Nova's ``_sync_power_states``: every idle instance's power state from the driver,
+        then the sync table; a bounded pool of workers, never a task per instance."""
+        if not self._accepting:
+            return  # started just before the engine began to stop
+        self._syncing = True
+        scope = anyio.CancelScope()
+        self._background.add(scope)
+        try:
+            pending = iter(list(self._store.all()))
+
+            async def worker() -> None:
+                for inst in pending:
+                    if not self._accepting:
+                        return
+                    if inst.task_state is not None or inst.vm_state is VmState.DELETED:
+                        continue
+                    power = await self._query_power(inst)
+                    if power is not None:
+                        await self.sync_power_state(inst.uuid, power)
+
+            with scope:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.config.recovery_concurrency):
+                        tg.start_soon(worker)
+                self._syncs += 1
+        finally:
+            self._syncing = False
+            self._background.discard(scope)
 
     async def actions(self, uuid: str) -> list[ActionRecord]:
         """The instance's actions, oldest first, with their steps and outcome (Nova's

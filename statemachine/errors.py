@@ -24,7 +24,8 @@
     ├── LifecycleError              the lifecycle definition is invalid (names the culprit)
     ├── DiagramError                a diagram cannot be drawn (bad export, unknown name, no dot)
     ├── StoreError                  storage failed or cannot be opened (locked, schema, I/O)
-    └── ScenarioError               a scenario file is invalid (also ValueError)
+    ├── ScenarioError               a scenario file is invalid (also ValueError)
+    └── TransportError              notifications were not confirmed by the broker; retry later
 
 Driver errors (:mod:`drivers.base`) form their own tree; the engine records them as the cause
 of an :class:`ActionFailed` and as the instance's fault.
@@ -71,6 +72,7 @@ __all__ = [
     "ScenarioError",
     "StepDeadlineExceeded",
     "StoreError",
+    "TransportError",
     "UnexpectedDeletingTaskState",
     "UnsupportedOperation",
     "WaitTimeout",
@@ -253,3 +255,22 @@ class StoreError(IsmError):
 
 class ScenarioError(IsmError, ValueError):
     """A scenario file is invalid; the message names the step."""
+
+
+class TransportError(IsmError):
+    """A notification transport did not get every notification confirmed by its broker.
+
+    The broker was unreachable, refused a declaration, nacked a message, or did not confirm
+    in time. Nothing the caller holds is lost: it keeps the notifications and publishes them
+    again later (at least once per ``message_id``; consumers may see a duplicate).
+
+    Attributes:
+        confirmed: How many of the leading notifications of the failed call the broker did
+            confirm (the caller may drop those); 0 when the call failed before publishing.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, confirmed: int = 0) -> None:
+        self.confirmed = confirmed
+        super().__init__(message)

@@ -184,6 +184,10 @@ class Instance:
     request_id: str | None = None
     action_id: str | None = None
     snapshot_image: str | None = None
+    state_since: dt.datetime | None = None
+    """When ``vm_state`` was last entered: timed transitions are due this long after it."""
+    task_since: dt.datetime | None = None
+    """When ``task_state`` was last entered: the step's deadline runs from it."""
 
     @property
     def state(self) -> tuple[VmState, TaskState | None]:
@@ -191,7 +195,18 @@ class Instance:
         return self.vm_state, self.task_state
 
     def evolve(self, **changes: Any) -> Instance:
-        """A new snapshot with ``changes`` applied and the version bumped."""
+        """A new snapshot with ``changes`` applied and the version bumped.
+
+        A change stamped with ``updated_at`` that enters another vm_state or task_state also
+        records when (``state_since``, ``task_since``): deadlines derive from those instants,
+        so they survive a restart with the record.
+        """
+        when = changes.get("updated_at")
+        if when is not None:
+            if "vm_state" in changes and changes["vm_state"] is not self.vm_state:
+                changes.setdefault("state_since", when)
+            if "task_state" in changes and changes["task_state"] != self.task_state:
+                changes.setdefault("task_since", when)
         return attrs.evolve(self, version=self.version + 1, **changes)
 
     def guest(self, *, user_data: str | None = None) -> GuestSpec:

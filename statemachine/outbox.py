@@ -90,7 +90,17 @@ class Outbox:
         return OutboxStatistics(self._delivered, self._failures, self._backlog, self._blocked)
 
     def take_sent(self) -> list[str]:
-        """The ids delivered since the last call (the committer marks them in storage)."""
+        """The ids delivered since the last call (the committer marks them in storage).
+
+        Sinks with a ``flush()`` (``JsonlSink``) are flushed first: a message is marked sent
+        only once the sink has handed it to the OS, so a killed process cannot lose a message
+        whose mark survived (an fsync would be needed against a power cut; see the README).
+        """
+        if self._sent:
+            for sink in self.sinks:
+                flush = getattr(sink, "flush", None)
+                if callable(flush):
+                    flush()
         sent, self._sent = self._sent, []
         return sent
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import statistics
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TextIO
@@ -20,14 +22,14 @@ import anyio
 import attrs
 
 from drivers.base import Driver
-from drivers.simulator import FaultRule, SimHost, SimulatorDriver
+from drivers.simulator import FaultRule, SimGuest, SimHost, SimResize, SimulatorDriver
 
 from ._schema import Action, Concurrency, Precondition, Rule
 from ._simulate_libvirt import LIBVIRT_FLAVORS, supported
 from .clock import VirtualClock, run_virtual
 from .config import Config
 from .engine import ActionHandle, Engine
-from .errors import ActionRefused
+from .errors import ActionRefused, InvalidRequest
 from .lifecycle import DEFAULT_LIFECYCLE
 from .model import RequestContext
 from .sinks import Notification, Sink
@@ -58,6 +60,12 @@ class FleetReport:
     latencies: list[float]
     virtual_seconds: float
     stuck: int
+    recovered: int = 0
+    """Instances an earlier run left mid-action, taken up by recovery at the start."""
+    recovery_wall: float = 0.0
+    """Wall-clock seconds from opening the engine to accepting actions (recovery included)."""
+    signal: int | None = None
+    """The signal (SIGTERM, SIGINT) that stopped the run, which then drained."""
 
     def render(self) -> str:
         """The closing summary, as plain text."""
@@ -92,6 +100,15 @@ class FleetReport:
                 f"max {ordered[-1]:.2f}  over {len(ordered)} actions",
             ]
         lines.append(f"instances left in a transient state: {self.stuck}")
+        lines.append(
+            f"recovery at start: {self.recovered} interrupted instances, engine ready in "
+            f"{self.recovery_wall:.3f} s (wall)"
+        )
+        if self.signal is not None:
+            lines.append(
+                f"stopped by {signal.Signals(self.signal).name}: drained; what could not finish "
+                "is left for recovery (continue with --resume)"
+            )
         return "\n".join(lines)
 
 
@@ -159,8 +176,15 @@ class _Fleet:
         store: Store | None = None,
         sinks: Sequence[Sink] = (),
         group_commit: bool = True,
+        resume: bool = False,
+        on_ready: Callable[[int, float], None] | None = None,
     ) -> None:
-        self.rng = random.Random(seed)
+        self.resume = resume
+        self.on_ready = on_ready
+        self.signal: int | None = None
+        self.recovery_wall = 0.0
+        self.recovered = 0
+        self.rng = random.Random(f"{seed}:resumed" if resume else seed)
         self.n = instances
         self.hosts = [f"compute{i + 1}" for i in range(max(2, instances // 25))]
         # -- another driver (libvirt): no fault plan, no host failure, tiny guests, cleanup
@@ -238,8 +262,17 @@ class _Fleet:
             return {"reason": "maintenance"}
         return {}
 
-    async def walk(self, index: int, owner: RequestContext) -> None:
+    async def walk(
+        self, index: int, owner: RequestContext, resumed: tuple[str, int] | None = None
+    ) -> None:
+        """One instance's life: created, then ACTIONS_PER_INSTANCE random actions; a resumed
+        run continues an existing instance with the actions it has left."""
         rng = self.rng
+        if resumed is not None:
+            uuid, remaining = resumed
+            self.uuids.append(uuid)
+            await self._wander(uuid, owner, remaining)
+            return
         await anyio.sleep(rng.uniform(0, 600))
         handle = await self._submit(
             owner,
@@ -259,7 +292,11 @@ class _Fleet:
         uuid = handle.uuid
         self.uuids.append(uuid)
         await self._settle(handle)
-        for _ in range(ACTIONS_PER_INSTANCE):
+        await self._wander(uuid, owner, ACTIONS_PER_INSTANCE)
+
+    async def _wander(self, uuid: str, owner: RequestContext, actions: int) -> None:
+        rng = self.rng
+        for _ in range(actions):
             await anyio.sleep(rng.expovariate(1 / 300))
             inst = self.engine.get(uuid)
             if inst.vm_state is VmState.DELETED:
@@ -311,20 +348,80 @@ class _Fleet:
             if self.external is not None:
                 await stack.enter_async_context(_opened(self.external))
                 self.hosts = [h.name for h in await self.external.hosts()]
+            if self.resume:
+                await self.engine.store.open(writer=self.config.service_host)
+                self._restore_guests()
+            wall = time.perf_counter()
             async with self.engine:
-                async with anyio.create_task_group() as tg:
-                    for i in range(self.n):
-                        owner = RequestContext(
-                            user_id=f"user{i % 7}",
-                            project_id=f"project{i % 5}",
-                            roles=frozenset({"member"}),
-                        )
-                        tg.start_soon(self.walk, i, owner)
-                    if self.external is None:
-                        tg.start_soon(self.chaos)
-                if self.external is not None:
+                self.recovery_wall = time.perf_counter() - wall
+                self.recovered = len(self.engine.recovered)
+                if self.on_ready is not None:
+                    self.on_ready(self.recovered, self.recovery_wall)
+                resumed = await self._resumed() if self.resume else {}
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._until_signalled, outer.cancel_scope)
+                    async with anyio.create_task_group() as tg:
+                        for i in range(self.n):
+                            owner = RequestContext(
+                                user_id=f"user{i % 7}",
+                                project_id=f"project{i % 5}",
+                                roles=frozenset({"member"}),
+                            )
+                            if i in resumed:
+                                if resumed[i] is None:
+                                    self.progress.step()  # deleted, or done: nothing left
+                                else:
+                                    tg.start_soon(self.walk, i, owner, resumed[i])
+                            else:
+                                tg.start_soon(self.walk, i, owner)
+                        if self.external is None and not self.resume:
+                            tg.start_soon(self.chaos)
+                    outer.cancel_scope.cancel()  # the walks ended: stop listening for signals
+                if self.external is not None and self.signal is None:
                     await self._clean_up()
         return anyio.current_time() - start
+
+    async def _until_signalled(self, scope: anyio.CancelScope) -> None:
+        """SIGTERM or SIGINT: stop the walks; leaving the engine then drains it (running steps
+        finish within the bound, the rest is left for recovery)."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for signum in received:
+                self.signal = signum
+                scope.cancel()
+                return
+
+    def _restore_guests(self) -> None:
+        """The hypervisor outlives the engine: put back the guests the store says exist."""
+        store = self.engine.store
+        for inst in store.all():
+            if inst.host is None or inst.vm_state is VmState.DELETED:
+                continue
+            resize = None
+            if inst.source_host is not None and inst.old_flavor is not None:
+                resize = SimResize(
+                    inst.source_host, inst.old_flavor.as_guest(), inst.host,
+                    inst.flavor.as_guest(), finished=True,
+                )  # fmt: skip
+            self.driver.place(
+                SimGuest(inst.uuid, inst.host, inst.flavor.as_guest(), inst.power_state,
+                         rescued=inst.vm_state is VmState.RESCUED, resize=resize)
+            )  # fmt: skip
+
+    async def _resumed(self) -> dict[int, tuple[str, int] | None]:
+        """Each instance a previous run created (by its name, vm<i>): the actions its walk
+        has left, or None when it is deleted or done."""
+        out: dict[int, tuple[str, int] | None] = {}
+        for inst in self.engine.instances():
+            if not inst.name.startswith("vm") or not inst.name[2:].isdigit():
+                continue
+            index = int(inst.name[2:])
+            if inst.vm_state is VmState.DELETED:
+                out[index] = None
+                continue
+            done = len(await self.engine.actions(inst.uuid)) - 1  # its create
+            left = ACTIONS_PER_INSTANCE - done
+            out[index] = (inst.uuid, left) if left > 0 else None
+        return out
 
     async def _clean_up(self) -> None:
         """On a real hypervisor: note the final states, then delete what is left."""
@@ -346,14 +443,25 @@ def simulate(
     store: Store | None = None,
     sinks: Sequence[Sink] = (),
     group_commit: bool = True,
+    resume: bool = False,
+    on_ready: Callable[[int, float], None] | None = None,
 ) -> FleetReport:
     """Run a fleet on virtual time and return what happened.
 
     ``driver`` replaces the simulated fleet with a real hypervisor's driver (an async context
     manager, opened on the run's loop): only actions its capabilities allow are chosen, no fault
     or host failure is injected, and every instance left is deleted at the end. ``store`` keeps
-    the fleet (``ism simulate --db``); ``sinks`` receive every notification too.
+    the fleet (``ism simulate --db``); ``sinks`` receive every notification too. ``resume``
+    continues an interrupted run on ``store``: recovery takes up what it left mid-action, the
+    simulated hypervisor gets back the guests the store records, the virtual clock continues
+    from the last commit, and each instance continues its walk. ``on_ready(recovered,
+    seconds)`` is told as soon as the engine accepts actions.
     """
+    start = 0.0
+    if resume:
+        if store is None:
+            raise InvalidRequest("resume needs a store (--db)")
+        start = anyio.run(_last_instant, store)
     fleet = _Fleet(
         instances,
         seed,
@@ -362,10 +470,12 @@ def simulate(
         store=store,
         sinks=sinks,
         group_commit=group_commit,
+        resume=resume,
+        on_ready=on_ready,
     )
     if on_engine is not None:
         on_engine(fleet.engine)
-    elapsed = run_virtual(fleet.run)
+    elapsed = run_virtual(fleet.run, start=start)
     final = fleet.final or Counter(i.vm_state.value for i in fleet.engine.instances())
     stuck = sum(1 for i in fleet.engine.instances() if i.task_state is not None)
     return FleetReport(
@@ -378,7 +488,21 @@ def simulate(
         latencies=fleet.latencies,
         virtual_seconds=elapsed,
         stuck=stuck,
+        recovered=fleet.recovered,
+        recovery_wall=fleet.recovery_wall,
+        signal=fleet.signal,
     )
+
+
+async def _last_instant(store: Store) -> float:
+    """The virtual seconds of the store's last commit: a resumed run's clock starts there, so
+    wall-clock deadlines keep their meaning across the restart."""
+    await store.open(writer="ism-resume")
+    try:
+        last = max((i.updated_at for i in store.all()), default=None)
+    finally:
+        await store.close()
+    return 0.0 if last is None else max(0.0, (last - VirtualClock().epoch).total_seconds())
 
 
 @contextlib.asynccontextmanager

@@ -189,14 +189,23 @@ class JsonlSink:
     The outbox delivers at least once: after a crash, messages in flight are sent again. This
     sink drops a ``message_id`` it has already written, remembering the last ``window`` ids
     (re-sent messages are the newest ones, so a bounded memory suffices). With ``append`` it
-    continues an existing file and first reads the ids at its end.
+    continues an existing file and first reads the ids at its end. ``dedupe=False`` writes
+    re-sent messages again (still counting them), to observe at-least-once delivery.
     """
 
-    def __init__(self, path: Path | str, *, append: bool = False, window: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        append: bool = False,
+        window: int = 100_000,
+        dedupe: bool = True,
+    ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.path = Path(path)
         self._window = window
+        self._dedupe = dedupe
         self._seen: dict[str, None] = {}  # insertion-ordered: the oldest id is dropped first
         self.duplicates = 0
         if append and self.path.exists():
@@ -217,7 +226,8 @@ class JsonlSink:
             raise ValueError(f"{self.path} is closed")
         if notification.message_id in self._seen:
             self.duplicates += 1
-            return
+            if self._dedupe:
+                return
         self._file.write(json.dumps(notification.envelope(), separators=(",", ":")) + "\n")
         self._remember(notification.message_id)
 

@@ -2,9 +2,9 @@
 
 The server is ``$ISM_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``,
 what ``.ci/postgres-service`` starts). Without asyncpg or a server a test skips, saying which,
-and fails instead under ``ISM_REQUIRE_SERVICES=1`` (:mod:`tests.services`). Each test gets a
-schema of its own (``?schema=ism_t_…``), dropped afterwards, so tests never see each other's
-rows and a rerun starts clean.
+and fails instead under ``ISM_REQUIRE_SERVICES=1`` (:func:`tests.support.missing`). Each test
+gets a schema of its own (``?schema=ism_t_…``), dropped afterwards, so tests never see each
+other's rows and a rerun starts clean.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.services import missing
+from tests.support import missing
 
 __all__ = ["SERVER", "drop_schema", "fresh_schema", "require_postgres", "schema_url"]
 

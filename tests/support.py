@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ParamSpec
+from typing import Any, NoReturn, ParamSpec
 
 import attrs
+import pytest
 
 from drivers.simulator import LatencyModel, SimulatorDriver
 from statemachine.clock import VirtualClock, run_virtual
@@ -17,7 +19,6 @@ from statemachine.engine import ActionResult, Engine, StepHook
 from statemachine.model import RequestContext
 from statemachine.sinks import MemoryCapture, Sink
 from statemachine.store import Store
-from tests.services import missing
 
 P = ParamSpec("P")
 
@@ -118,12 +119,22 @@ def run_with_store(store: Store, body: Callable[[World], Awaitable[None]], **opt
     run_virtual(main)
 
 
-def require_binary(name: str, why: str) -> str:
-    """The path of an external program a test needs.
+def services_required() -> bool:
+    """Whether a missing service or program fails the test (``ISM_REQUIRE_SERVICES=1``, which
+    ``.ci/run`` exports after installing and starting them) instead of skipping it."""
+    return os.environ.get("ISM_REQUIRE_SERVICES") == "1"
 
-    On a dev machine without it the test skips, saying so; in CI (``ISM_REQUIRE_SERVICES=1``,
-    exported by ``.ci/run``) it fails, so a missing install step cannot hide behind a skip.
-    """
+
+def missing(reason: str) -> NoReturn:
+    """Skip with ``reason`` on a machine without what the test needs, or fail with it when
+    services are required: in CI a missing service is a broken setup, never a quiet skip."""
+    if services_required():
+        pytest.fail(f"ISM_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def require_binary(name: str, why: str) -> str:
+    """The path of an external program a test needs (skip or fail as :func:`missing`)."""
     path = shutil.which(name)
     if path is None:
         missing(f"{name} is not installed ({why})")

@@ -50,7 +50,7 @@ async def test_resize_is_confirmed_after_the_window() -> None:
 @virtual
 async def test_zero_window_never_confirms() -> None:
     """resize_confirm_window 0 (Nova's default) never auto-confirms, even after ten days."""
-    async with world() as w:
+    async with world(config=Config(sync_power_state_interval=-1)) as w:  # its timer apart
         uuid = await w.create()
         await w.engine.act(OWNER, "resize", uuid, {"flavor": LARGE})
         await anyio.sleep(10 * DAY)

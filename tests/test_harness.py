@@ -33,16 +33,18 @@ from statemachine import (
     run_virtual,
 )
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
+from statemachine.store import MemoryStore
 from statemachine.testing import (
     BackgroundEngine,
     EngineNotRunning,
     NotOnVirtualTime,
     SimulatorHarness,
     VirtualTime,
+    assert_audit_verifies,
     assert_invariants,
     unclosing_errors,
 )
-from tests.support import ADMIN, LARGE, OWNER, SMALL
+from tests.support import ADMIN, LARGE, OWNER, SMALL, world
 
 
 async def _create(engine: Engine, name: str = "vm1") -> str:
@@ -383,5 +385,22 @@ def test_a_crash_inside_the_engine_surfaces_at_stop() -> None:
         with pytest.raises(BaseExceptionGroup) as failure:
             await host.stop()
         assert failure.group_contains(RuntimeError, match="event stream broke")
+
+    run_virtual(main)
+
+
+def test_the_audit_check_fails_on_a_missing_record() -> None:
+    """assert_audit_verifies passes on a real run and names a change whose record is gone."""
+
+    async def main() -> None:
+        store = MemoryStore()
+        async with world(store=store) as w:
+            uuid = await w.create()
+            await w.engine.act(OWNER, "stop", uuid)
+            await assert_audit_verifies(w.engine)
+            records = await store.read_audit()
+            store._sealed = [r for r in records if r is not records[-1]]  # the last change's
+            with pytest.raises(AssertionError, match="audited versions"):
+                await assert_audit_verifies(w.engine)
 
     run_virtual(main)

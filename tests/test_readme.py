@@ -13,6 +13,8 @@ import pytest
 from statemachine.cli import main
 from statemachine.diagrams import export_lifecycle, mermaid_overview, states_markdown
 from statemachine.lifecycle import DEFAULT_LIFECYCLE
+from statemachine.recovery import rules_markdown
+from tests.amqp_support import require_rabbitmq
 from tests.libvirt_support import libvirt_module
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -32,14 +34,17 @@ def _examples() -> list[tuple[str, str]]:
     return pairs
 
 
-def _commands() -> list[list[str]]:
-    return [
-        shlex.split(line[2:])[1:]
-        for lang, body in BLOCKS
-        if lang == "console"
-        for line in body.splitlines()
-        if line.startswith("$ ism ")
-    ]
+def _commands() -> list[list[list[str]]]:
+    """The ``$ ism …`` lines of each console block, in order (a block may build on itself:
+    a simulation writes a store its next line verifies)."""
+    blocks = []
+    for lang, body in BLOCKS:
+        lines = [
+            shlex.split(line[2:])[1:] for line in body.splitlines() if line.startswith("$ ism ")
+        ]
+        if lang == "console" and lines:
+            blocks.append(lines)
+    return blocks
 
 
 @pytest.mark.parametrize("example", _examples(), ids=lambda e: e[0].splitlines()[0][:40])
@@ -48,16 +53,21 @@ def test_python_example_prints_what_the_readme_says(example: tuple[str, str]) ->
     code, expected = example
     if "drivers.libvirt" in code:
         libvirt_module()  # skips without libvirt-python, fails under ISM_REQUIRE_SERVICES=1
+    if "AmqpTransport(" in code:
+        require_rabbitmq()  # skips without aio-pika or RabbitMQ, fails under the same rule
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert out.getvalue() == expected
 
 
-@pytest.mark.parametrize("argv", _commands(), ids=lambda a: " ".join(a)[:40])
-def test_console_example_succeeds(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """Each ``$ ism …`` line of the README exits 0."""
-    assert main(argv) == 0, capsys.readouterr().err
+@pytest.mark.parametrize("block", _commands(), ids=lambda b: " ".join(b[0])[:40])
+def test_console_example_succeeds(
+    block: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each ``$ ism …`` line of the README exits 0, run in its block's order."""
+    for argv in block:
+        assert main(argv) == 0, f"ism {' '.join(argv)}: {capsys.readouterr().err}"
 
 
 def test_readme_diagram_is_the_tables() -> None:
@@ -71,6 +81,13 @@ def test_readme_state_tables_are_the_tables() -> None:
     begin, end = "<!-- ism states --format markdown -->\n", "<!-- end ism states -->"
     table = README[README.index(begin) + len(begin) : README.index(end)]
     assert table == states_markdown(export_lifecycle(DEFAULT_LIFECYCLE))
+
+
+def test_readme_recovery_rules_are_the_rules() -> None:
+    """The README's table of recovery rules is ``statemachine.recovery.RECOVERY_RULES``."""
+    begin, end = "<!-- ism recovery rules -->\n", "<!-- end ism recovery rules -->"
+    table = README[README.index(begin) + len(begin) : README.index(end)]
+    assert table == rules_markdown()
 
 
 def test_committed_diagram_is_current(capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,6 +39,7 @@ from statemachine.lifecycle import DEFAULT_LIFECYCLE
 from statemachine.testing import (
     BackgroundEngine,
     SimulatorHarness,
+    assert_audit_verifies,
     assert_invariants,
     assert_phases_closed,
     assert_state_agrees,
@@ -223,6 +224,7 @@ class EngineMachine(RuleBasedStateMachine):
     def invariants_hold(self) -> None:
         if self.engine.statistics().running_actions == 0:
             assert_invariants(self.engine, self.capture.notifications)
+            self.run(assert_audit_verifies(self.engine))
             return
         # mid-action: phases may be open, yet never ended twice or ended before they start;
         # the state check covers the instances no action owns

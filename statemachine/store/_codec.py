@@ -72,7 +72,15 @@ def _fault_in(value: Mapping[str, Any]) -> Fault:
 Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]
 _TYPED: dict[str, Codec] = {
     **dict.fromkeys(
-        ("created_at", "updated_at", "launched_at", "terminated_at", "deleted_at"),
+        (
+            "created_at",
+            "updated_at",
+            "launched_at",
+            "terminated_at",
+            "deleted_at",
+            "state_since",
+            "task_since",
+        ),
         (_time_out, _time_in),
     ),
     **dict.fromkeys(("vm_state", "old_vm_state"), (lambda v: v.value, VmState)),

@@ -24,6 +24,7 @@ from ..paths import (
 )
 from ._background import BackgroundEngine, EngineNotRunning
 from ._invariants import (
+    assert_audit_verifies,
     assert_invariants,
     assert_no_transient_state,
     assert_phases_closed,
@@ -44,6 +45,7 @@ __all__ = [
     "SimulatorControl",
     "SimulatorHarness",
     "VirtualTime",
+    "assert_audit_verifies",
     "assert_invariants",
     "assert_no_transient_state",
     "assert_phases_closed",
