@@ -43,7 +43,7 @@ def _create(url: str, n: int) -> list[str]:
         engine = Engine(
             hypervisor(),
             store=PostgresStore(url, hmac_key=KEY),
-            config=Config(service_host="setup"),
+            config=Config(service_host="setup", sync_power_state_interval=-1),
             clock=VirtualClock(),
         )
         made: dict[int, str] = {}
