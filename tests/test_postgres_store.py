@@ -419,3 +419,23 @@ def test_a_batch_that_deadlocks_is_retried_not_failed(pg_url: str) -> None:
         assert not failure, failure
 
     run_virtual(main)
+
+
+def test_a_lost_connection_is_a_one_line_store_error(pg_url: str) -> None:
+    """The server ends the engine's session (a restart, an admin): the next commit is a
+    StoreError of one line, and the chain is where it was."""
+
+    async def main() -> None:
+        store = await _opened(pg_url, "compute1")
+        await _insert(store)
+        assert store._conn is not None
+        pid = store._conn.get_server_pid()  # this store's session, no one else's
+        assert await _sql(pg_url, f"SELECT pg_terminate_backend({int(pid)})")
+        wseq = store._chain.wseq if store._chain else None
+        with pytest.raises(StoreError, match="commit to") as caught:
+            await _stop(store)
+        assert "\n" not in str(caught.value)
+        assert (store._chain.wseq if store._chain else None) == wseq
+        await store.close()
+
+    run_virtual(main)
