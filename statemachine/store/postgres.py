@@ -130,6 +130,15 @@ def _line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _failures() -> tuple[type[Exception], ...]:
+    """What asyncpg raises when the server or the connection fails (translated to
+    StoreError at this edge): server errors, client-side protocol errors (a session the server
+    ended can surface as either), and the network's."""
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+
 def _split_url(url: str) -> tuple[str, str | None, str]:
     """``(dsn for asyncpg, schema from ?schema=, the URL without its password)``.
 
@@ -240,13 +249,13 @@ class PostgresStore:
                 self._conn = await asyncpg.connect(
                     self._dsn, timeout=self._connect_timeout, server_settings=settings
                 )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except _failures() as exc:
                 raise StoreError(f"cannot connect to {self.url}: {_line(exc)}") from exc
             try:
                 await self._prepare(self._conn, writer)
             except BaseException as exc:
                 await self._disconnect()
-                if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+                if isinstance(exc, _failures()):
                     raise StoreError(f"cannot open {self}: {_line(exc)}") from exc
                 raise
 
@@ -318,7 +327,6 @@ class PostgresStore:
     async def _use(self, what: str, *, write: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """The connection, for one operation at a time, shielded, the clock held, and its
         errors translated to StoreError."""
-        import asyncpg
 
         if self._conn is None or self._lock is None:
             raise StoreError(f"{self} is not open")
@@ -330,7 +338,7 @@ class PostgresStore:
                     raise StoreError(f"{self} is not open")
                 try:
                     yield self._conn
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                except _failures() as exc:
                     raise StoreError(f"{what} {self} failed: {_line(exc)}") from exc
 
     # -- the working set ----------------------------------------------------------------------
