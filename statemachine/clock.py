@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import selectors
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, final
 
 import anyio
@@ -37,6 +39,7 @@ __all__ = [
     "VirtualClock",
     "VirtualTimeLoop",
     "is_virtual",
+    "real_time",
     "run_virtual",
     "to_thread",
     "virtual_loop_factory",
@@ -110,10 +113,16 @@ class _JumpingSelector(selectors.BaseSelector):
     0 when callbacks are ready). Real I/O always wins: the real selector is polled first.
     """
 
-    def __init__(self, jump: Callable[[float], None], offloaded: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        jump: Callable[[float], None],
+        offloaded: Callable[[], int],
+        realtime: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._real = selectors.DefaultSelector()
         self._jump = jump
         self._offloaded = offloaded
+        self._realtime = realtime
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """Return ready I/O now, or jump the clock by ``timeout``, or wait for real.
@@ -128,6 +137,13 @@ class _JumpingSelector(selectors.BaseSelector):
             return ready
         if timeout is None or self._offloaded():
             return self._real.select(None)
+        if self._realtime():
+            # a network peer is awaited (real_time()): wait for real, at most until the next
+            # timer, and let virtual time flow with the real time that passed
+            started = time.monotonic()
+            ready = self._real.select(timeout)
+            self._jump(min(timeout, time.monotonic() - started))
+            return ready
         self._jump(timeout)
         return []
 
@@ -171,7 +187,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         # Set before the base initialiser, which may already read time().
         self._now = float(start)
         self._offloaded = 0
-        super().__init__(_JumpingSelector(self._advance, lambda: self._offloaded))
+        self._realtime = 0
+        super().__init__(
+            _JumpingSelector(self._advance, lambda: self._offloaded, lambda: self._realtime)
+        )
 
     def time(self) -> float:
         """Virtual seconds: what every loop timer and anyio deadline is measured against."""
@@ -242,6 +261,25 @@ async def to_thread(func: Callable[[*Ts], T], *args: *Ts) -> T:
         return await anyio.to_thread.run_sync(func, *args)
     finally:
         loop._release()
+
+
+@contextlib.contextmanager
+def real_time() -> Iterator[None]:
+    """While inside, a virtual clock flows with real time instead of jumping.
+
+    For awaiting a peer on the network (a message broker's confirms, a database server): the
+    loop cannot see when the answer will come, and a jump would fire every timeout at once.
+    Timeouts set inside keep their meaning in real seconds. On any other loop it does nothing.
+    """
+    loop = _running_virtual_loop()
+    if loop is None:
+        yield
+        return
+    loop._realtime += 1
+    try:
+        yield
+    finally:
+        loop._realtime -= 1
 
 
 def is_virtual() -> bool:

@@ -98,7 +98,7 @@ from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
-from .outbox import Outbox
+from .outbox import Outbox, Transport
 from .policy import Policy
 from .recovery import Recovery, RecoveryRule, match_rule
 from .redact import scrub
@@ -142,6 +142,7 @@ class Engine:
         seed: int | None = None,
         hooks: Sequence[StepHook] = (),
         store: Store | None = None,
+        transports: Sequence[Transport] = (),
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
@@ -172,6 +173,7 @@ class Engine:
             self._store,
             sinks,
             flush_marks=self._flush_marks,
+            transports=transports,
             max_backlog=self.config.outbox_max_backlog,
         )
         self._committer = Committer(
@@ -225,6 +227,9 @@ class Engine:
         self._tg.start_soon(self._timers.run)
         self._tg.start_soon(self._committer.run)
         self._tg.start_soon(self._outbox.run)
+        if self._outbox.transports:
+            await self._outbox.open_transports()
+            self._tg.start_soon(self._outbox.publish)
         await self._outbox.replay()
         for record in self._store.all():
             self._rearm(record, restart=True)
@@ -259,6 +264,13 @@ class Engine:
                     await self._idle.wait()
                 await self._committer.wait_idle()
                 await self._committer.flush_marks()
+            if self._outbox.transports:
+                # what the broker confirms in the bound is marked; the rest stays for next time
+                with anyio.move_on_after(self.config.drain_timeout, shield=True):
+                    await self._outbox.publish_all()
+                    await self._committer.flush_marks()
+                with anyio.CancelScope(shield=True):
+                    await self._outbox.close_transports()
             self._tg.cancel_scope.cancel()
             tg, self._tg = self._tg, None
             try:
@@ -1708,6 +1720,19 @@ class Engine:
             return
         running = ", ".join(f"{h.name}@{h.uuid}" for h in list(self._running.values())[:10])
         raise WaitTimeout(f"{self._active} actions still run after {timeout:g} s: {running}")
+
+    async def wait_delivered(self, timeout: float) -> None:
+        """Wait until every committed notification reached every sink and transport.
+
+        Raises:
+            WaitTimeout: some are still undelivered after ``timeout`` (a destination is down).
+        """
+        with anyio.move_on_after(timeout):
+            await self._outbox.wait_delivered()
+            return
+        raise WaitTimeout(
+            f"{self._outbox.backlog} notifications still undelivered after {timeout:g} s"
+        )
 
     async def wait_for_state(self, uuid: str, *, timeout: float, **expected: Any) -> Instance:
         """Wait, driven by commits and never by polling, until the named fields match.

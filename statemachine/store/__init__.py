@@ -142,8 +142,9 @@ class Store(Protocol):
         """The action a request id started, if it was accepted."""
         ...
 
-    async def unsent(self, limit: int) -> list[Notification]:
-        """Outbox messages not yet marked sent, oldest first."""
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
+        """Outbox messages not yet marked sent, oldest first, each with its outbox position;
+        ``after`` is an exclusive position (a cursor for reading on)."""
         ...
 
     def last_sequences(self) -> dict[str, int]:

@@ -42,7 +42,8 @@ class MemoryStore:
         self._sealed: list[AuditRecord] = []
         self._chain: AuditChain | None = None
         self._requests: dict[str, RequestRecord] = {}
-        self._outbox: dict[str, Notification] = {}
+        self._outbox: dict[str, tuple[int, Notification]] = {}
+        self._outbox_seq = 0
         self._sequences: dict[str, int] = {}
         self._user_data: dict[str, str] = {}
         self._key = hmac_key
@@ -119,7 +120,8 @@ class MemoryStore:
                 self._requests[write.request.request_id] = write.request
             self._entries.extend(write.audit)
             for n in write.notifications:
-                self._outbox[n.message_id] = n
+                self._outbox_seq += 1
+                self._outbox[n.message_id] = (self._outbox_seq, n)
                 self._sequences[n.instance_uuid] = n.sequence
             results.append(None)
         for message_id in sent:
@@ -206,8 +208,8 @@ class MemoryStore:
     async def find_request(self, request_id: str) -> RequestRecord | None:
         return self._requests.get(request_id)
 
-    async def unsent(self, limit: int) -> list[Notification]:
-        return list(self._outbox.values())[:limit]
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
+        return [row for row in self._outbox.values() if row[0] > after][:limit]
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)

@@ -440,16 +440,17 @@ class SqliteStore:
         )
         return RequestRecord(*row) if row else None
 
-    async def unsent(self, limit: int) -> list[Notification]:
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
         from ..notify import Notification
 
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT instance, envelope FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?",
-                (limit,),
+                "SELECT seq, instance, envelope FROM outbox WHERE sent = 0 AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         )
-        return [Notification.from_envelope(json.loads(env), uuid) for uuid, env in rows]
+        return [(seq, Notification.from_envelope(json.loads(env), uuid)) for seq, uuid, env in rows]
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)
