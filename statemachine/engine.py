@@ -41,6 +41,7 @@ from drivers.base import (
     CallContext,
     Driver,
     DriverError,
+    HostInfo,
     LifecycleEvent,
     PowerState,
 )
@@ -80,8 +81,10 @@ from .errors import (
     IsmError,
     Locked,
     StepDeadlineExceeded,
+    StoreError,
     UnexpectedDeletingTaskState,
     WaitTimeout,
+    WrongHost,
 )
 from .handles import (
     ActionHandle,
@@ -234,6 +237,8 @@ class Engine:
         for record in self._store.all():
             self._rearm(record, restart=True)
         self._accepting = True  # recovery's own follow-ups go through submit
+        if self.config.hosts is not None:
+            await self._heartbeat()
         await self._recover()
         self._arm_sync()
         if self.config.handle_virt_lifecycle_events:
@@ -692,7 +697,7 @@ class Engine:
         nothing at all."""
         name = action.public_name
         for attempt in range(3):
-            inst = self._store.get(uuid)
+            inst = await self._own(action, uuid)
             if inst.vm_state is VmState.DELETED:
                 raise InstanceNotFound(uuid)
             self.policy.check(ctx, action, inst)
@@ -733,6 +738,23 @@ class Engine:
             self._start(handle, running_slot=True)
             return handle
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _own(self, action: Action, uuid: str) -> Instance:
+        """The instance, if this engine serves its host. Another engine's instance is read
+        again from storage (it may have moved here) and refused with :class:`WrongHost` —
+        unless the action is an evacuation, which is for a host whose engine is down."""
+        try:
+            inst = self._store.get(uuid)
+        except InstanceNotFound:
+            if self.config.hosts is None:
+                raise
+            inst = await self._store.refresh(uuid)  # created by another engine
+        if self.serves(inst.host):
+            return inst
+        inst = await self._store.refresh(uuid)
+        if self.serves(inst.host) or Precondition.HOST_DOWN in action.preconditions:
+            return inst
+        raise WrongHost(action.public_name, uuid, inst.host)
 
     async def _accepted_write(
         self, handle: ActionHandle, old: Instance | None, new: Instance
@@ -1442,13 +1464,30 @@ class Engine:
 
     # -- hosts ------------------------------------------------------------------------------
 
+    def serves(self, host: str | None) -> bool:
+        """Whether this engine serves ``host`` (every host, unless ``Config.hosts`` names
+        them: several engines on one store, one per compute host)."""
+        hosts = self.config.hosts
+        return hosts is None or host in hosts
+
     async def _host_up(self, host: str | None) -> bool:
+        """A host of ours is up when its hypervisor answers; another engine's host is up
+        while that engine's heartbeat is younger than ``service_down_time`` (Nova's
+        servicegroup)."""
         if host is None:
             return False
+        if not self.serves(host):
+            beat = (await self._store.services()).get(host)
+            age = (self.clock.wall() - beat).total_seconds() if beat is not None else None
+            return age is not None and age < self.config.service_down_time
         for info in await self.driver.hosts():
             if info.name == host:
                 return info.up
         return False
+
+    async def _hosts(self) -> list[HostInfo]:
+        """The hypervisor's hosts this engine may place on."""
+        return [h for h in await self.driver.hosts() if self.serves(h.name)]
 
     async def _pick_host(
         self,
@@ -1459,7 +1498,7 @@ class Engine:
         exclude: Sequence[str] = (),
         claim: bool = True,
     ) -> str:
-        host = self._placement.pick(await self.driver.hosts(), flavor, force=force, exclude=exclude)
+        host = self._placement.pick(await self._hosts(), flavor, force=force, exclude=exclude)
         if claim:
             self._placement.claim(inst.uuid, (host, flavor))
         return host
@@ -1538,6 +1577,8 @@ class Engine:
         for inst in list(self._store.all()):
             if inst.task_state is None or inst.uuid in self._running:
                 continue
+            if not await self._recovers(inst):
+                continue  # another engine's: its own start recovers it
             power = await self._query_power(inst)
             rule = match_rule(inst.vm_state, inst.task_state, power or PowerState.NOSTATE)
             response = rule.response if rule is not None else Recovery.NOTHING
@@ -1559,6 +1600,16 @@ class Engine:
         self.recovery_seconds = anyio.current_time() - started
         assert self._tg is not None
         self._tg.start_soon(self._sync_all)
+
+    async def _recovers(self, inst: Instance) -> bool:
+        """Whether this engine's recovery takes ``inst`` up: its host is ours, or it has no
+        host yet and this engine accepted its action (the audit log's writer says so)."""
+        if inst.host is not None:
+            return self.serves(inst.host)
+        if self.config.hosts is None or inst.action_id is None:
+            return True
+        trail = await self._store.read_audit(action_id=inst.action_id, limit=1)
+        return not trail or trail[0].writer == self.config.service_host
 
     def _recovery_body(
         self,
@@ -1653,6 +1704,30 @@ class Engine:
 
     # -- the periodic power sync --------------------------------------------------------------
 
+    async def _heartbeat(self) -> None:
+        """Say that this engine's hosts are served, and arm the next heartbeat."""
+        now = self.clock.wall()
+        for host in self.config.hosts or ():
+            await self._store.heartbeat(host, now)
+        self._timers.call_at(
+            anyio.current_time() + self.config.report_interval, self._heartbeat_tick
+        )
+
+    def _heartbeat_tick(self) -> None:
+        if self._tg is not None and self._accepting:
+            self._tg.start_soon(self._beat_in_background)
+
+    async def _beat_in_background(self) -> None:
+        scope = anyio.CancelScope()
+        self._background.add(scope)
+        try:
+            with scope:
+                await self._heartbeat()
+        except StoreError as exc:  # the next beat retries; a host stays up for a while
+            log.warning("heartbeat failed: %s", exc)
+        finally:
+            self._background.discard(scope)
+
     def _arm_sync(self) -> None:
         interval = self.config.sync_power_state_interval
         if interval < 0:
@@ -1682,6 +1757,8 @@ class Engine:
                     if not self._accepting:
                         return
                     if inst.task_state is not None or inst.vm_state is VmState.DELETED:
+                        continue
+                    if not self.serves(inst.host):
                         continue
                     power = await self._query_power(inst)
                     if power is not None:

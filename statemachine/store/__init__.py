@@ -17,6 +17,7 @@ migrations). The same contract suite runs against every store.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -153,6 +154,19 @@ class Store(Protocol):
 
     def user_data(self, uuid: str) -> str | None:
         """The user_data an instance was created with, if any."""
+        ...
+
+    async def refresh(self, uuid: str) -> Instance:
+        """The record as storage holds it now, put in the working set (another engine may
+        have changed it); :class:`InstanceNotFound` when there is none."""
+        ...
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        """Record that the engine serving ``host`` is alive at ``at``."""
+        ...
+
+    async def services(self) -> dict[str, dt.datetime]:
+        """Each host's last heartbeat."""
         ...
 
 

@@ -8,6 +8,7 @@ verifies like a durable one, an outbox, the request-id index. Audit records are 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ class MemoryStore:
         self._outbox_seq = 0
         self._sequences: dict[str, int] = {}
         self._user_data: dict[str, str] = {}
+        self._heartbeats: dict[str, dt.datetime] = {}
         self._key = hmac_key
         self._generation = 0
 
@@ -216,3 +218,12 @@ class MemoryStore:
 
     def user_data(self, uuid: str) -> str | None:
         return self._user_data.get(uuid)
+
+    async def refresh(self, uuid: str) -> Instance:
+        return self.get(uuid)  # the working set is the storage
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        self._heartbeats[host] = at
+
+    async def services(self) -> dict[str, dt.datetime]:
+        return dict(self._heartbeats)

@@ -19,6 +19,7 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
@@ -457,6 +458,33 @@ class SqliteStore:
 
     def user_data(self, uuid: str) -> str | None:
         return self._user_data.get(uuid)
+
+    async def refresh(self, uuid: str) -> Instance:
+        record = await self._read(lambda c: self._read_instance(c, uuid))
+        if record is None:
+            raise InstanceNotFound(uuid)
+        current = self._records.get(uuid)
+        if current is None or current.version < record.version:
+            self._records[uuid] = record
+        return self._records[uuid]
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        def write() -> None:
+            with self._mutex:
+                self._connected(write=True).execute(
+                    "INSERT OR REPLACE INTO services VALUES (?, ?)", (host, at.isoformat())
+                )
+
+        try:
+            await to_thread(write)
+        except sqlite3.Error as exc:
+            raise StoreError(f"heartbeat to {self.path} failed: {exc}") from exc
+
+    async def services(self) -> dict[str, dt.datetime]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT host, heartbeat_at FROM services").fetchall()
+        )
+        return {host: dt.datetime.fromisoformat(at) for host, at in rows}
 
     async def outbox_counts(self) -> tuple[int, int]:
         """(all messages, unsent messages) in the outbox."""
