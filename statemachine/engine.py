@@ -46,7 +46,7 @@ from drivers.base import (
     PowerState,
 )
 
-from ._calls import CALLS, StepRun
+from ._calls import CALLS, StepCall, StepRun
 from ._committer import Committer
 from ._params import normalize_params, resolve_action
 from ._placement import Placement
@@ -79,6 +79,7 @@ from .errors import (
     InvalidRequest,
     InvalidState,
     IsmError,
+    LifecycleError,
     Locked,
     StepDeadlineExceeded,
     StoreError,
@@ -146,9 +147,13 @@ class Engine:
         hooks: Sequence[StepHook] = (),
         store: Store | None = None,
         transports: Sequence[Transport] = (),
+        after_hooks: Sequence[StepHook] = (),
+        calls: Mapping[str, StepCall] | None = None,
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
+        self._after_hooks = tuple(after_hooks)
+        self._calls: dict[str, StepCall] = {**CALLS, **(calls or {})}
         self.config = config or Config()
         self.lifecycle = lifecycle
         self.machine = LifecycleMachine(lifecycle)
@@ -158,6 +163,7 @@ class Engine:
         self._rng = random.Random(seed) if seed is not None else None
         self._ids = random.Random(f"{seed}:actions") if seed is not None else None
         self._check_deadlines()
+        self._check_calls()
         self._store: Store = store if store is not None else MemoryStore()
         self._placement = Placement()
         self._timers = TimerService()
@@ -171,6 +177,7 @@ class Engine:
             wall=self.clock.wall,
             new_id=self._new_uuid,
             service_host=self.config.service_host,
+            payload_classes=lifecycle.payload_classes,
         )
         self._outbox = Outbox(
             self._store,
@@ -285,6 +292,17 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await self._store.close()
         return result
+
+    def _check_calls(self) -> None:
+        """Every call the lifecycle names is bound: a built-in one, or one of ``calls``."""
+        for action in self.lifecycle.actions:
+            for step in action.steps:
+                for call in (step.call, action.error_path(step).call):
+                    if call is not None and call not in self._calls:
+                        raise LifecycleError(
+                            f"action {action.name!r} step {step.task_state}: call {call!r} is "
+                            "not bound (pass it in Engine(calls=...))"
+                        )
 
     def _check_deadlines(self) -> None:
         """Power-off waits shutdown_timeout for the guest: its deadline must be longer."""
@@ -827,6 +845,9 @@ class Engine:
             extra["new_flavor"] = params["flavor"]  # resize_prep's payload carries it
         if "rescue_image" in action.params:
             extra["rescue_image_ref"] = params.get("rescue_image", inst.image)
+        for field in self.lifecycle.payload_fields(action):  # an added action's own fields
+            if field in params:
+                extra[field] = params[field]
         handle = ActionHandle(
             id=self._new_action_id(),
             action=action,
@@ -1073,7 +1094,7 @@ class Engine:
         return None
 
     async def _run_step(self, handle: ActionHandle, step: Step) -> dict[str, Any]:
-        if step.call is None and not self._hooks:
+        if step.call is None and not self._hooks and not self._after_hooks:
             return {}
         await self._flush(handle)
         run = StepRun(
@@ -1089,7 +1110,9 @@ class Engine:
         try:
             with self._deadline(step.deadline):
                 await self._run_hooks(handle, step)
-                return await CALLS[step.call](run) if step.call is not None else {}
+                changes = await self._calls[step.call](run) if step.call is not None else {}
+                await self._run_hooks(handle, step, after=changes)
+                return changes
         finally:
             CURRENT_CALL.reset(token)
         raise StepDeadlineExceeded(handle.action.name, _step_name(step), step.deadline)
@@ -1108,9 +1131,15 @@ class Engine:
             self._timers.cancel(timer)
 
     async def _run_hooks(
-        self, handle: ActionHandle, step: Step, *, error_path: bool = False
+        self,
+        handle: ActionHandle,
+        step: Step,
+        *,
+        error_path: bool = False,
+        after: Mapping[str, Any] | None = None,
     ) -> None:
-        if not self._hooks:
+        hooks = self._hooks if after is None else self._after_hooks
+        if not hooks:
             return
         info = StepInfo(
             handle.action.public_name,
@@ -1119,8 +1148,9 @@ class Engine:
             step.task_state,
             handle.inst,
             error_path,
+            after,
         )
-        for hook in self._hooks:
+        for hook in hooks:
             await hook(info)
 
     def _lost(self, handle: ActionHandle, exc: Conflict) -> IsmError:
@@ -1165,7 +1195,7 @@ class Engine:
             try:
                 with self._deadline(step.deadline) as scope:
                     await self._run_hooks(handle, step, error_path=True)
-                    changes.update(await CALLS[path.call](run))
+                    changes.update(await self._calls[path.call](run))
                 if scope.cancelled_caught:
                     raise StepDeadlineExceeded(action.name, _step_name(step), step.deadline)
             except Exception as cleanup:

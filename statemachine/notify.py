@@ -88,6 +88,7 @@ PAYLOAD_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "exists": ("InstanceExistsPayload", "2.1", ()),
 }
 DEFAULT_PAYLOAD = ("InstanceActionPayload", "1.9", ("fault",))
+_BUILT_IN_FIELDS = frozenset({"fault", "new_flavor", "rescue_image_ref", "snapshot_image_id"})
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -110,6 +111,7 @@ class Notifier:
         wall: Callable[[], dt.datetime],
         new_id: Callable[[], str],
         service_host: str = "ism",
+        payload_classes: Mapping[str, tuple[str, str, tuple[str, ...]]] | None = None,
     ) -> None:
         self.settings = settings
         self.sinks = list(sinks)
@@ -122,6 +124,7 @@ class Notifier:
         self._publisher = "nova-compute" if ns == "nova" else "ism-compute"
         self._sequence: dict[str, int] = {}
         self._flavors: dict[Flavor, dict[str, Any]] = {}
+        self._classes = {**PAYLOAD_CLASSES, **(payload_classes or {})}
 
     def _object(self, name: str, version: str, data: dict[str, Any]) -> dict[str, Any]:
         k_name, k_ns, k_version, k_data = self._keys
@@ -199,7 +202,7 @@ class Notifier:
         fault: Fault | None,
         extra: Mapping[str, Any],
     ) -> dict[str, Any]:
-        name, version, fields = PAYLOAD_CLASSES.get(base, DEFAULT_PAYLOAD)
+        name, version, fields = self._classes.get(base, DEFAULT_PAYLOAD)
         data = self._instance(inst, ctx)
         if "fault" in fields:
             data["fault"] = self._fault(fault) if fault is not None else None
@@ -215,6 +218,10 @@ class Notifier:
             data["rescue_image_ref"] = extra.get("rescue_image_ref")
         if "snapshot_image_id" in fields:
             data["snapshot_image_id"] = extra.get("snapshot_image_id")
+        for field in fields:  # an added event's own fields: what the action was given
+            if field not in _BUILT_IN_FIELDS:
+                value = extra.get(field)
+                data[field] = self._flavor(value) if isinstance(value, Flavor) else value
         if base == "rebuild":
             data["trusted_image_certificates"] = None
         if base in ("update", "exists"):
