@@ -12,7 +12,7 @@ from pathlib import Path
 
 from drivers.base import Driver, DriverError
 
-from . import _cli_diagrams, _cli_store
+from . import _cli_diagrams, _cli_history, _cli_store
 from .errors import InvalidRequest, IsmError, ScenarioError
 from .outbox import Transport
 from .sinks import JsonlSink
@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     _cli_diagrams.add_parsers(sub)
     # audit, actions, status: statemachine/_cli_store.py
     _cli_store.add_parsers(sub)
+    # timeline (history drawn from the audit log): statemachine/_cli_history.py
+    _cli_history.add_parsers(sub)
     return parser
 
 
@@ -284,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": _cli_store.audit,
         "actions": _cli_store.actions,
         "status": _cli_store.status,
+        "timeline": _cli_history.timeline,
     }
     try:
         return handlers[args.command](args)
