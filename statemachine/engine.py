@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
 import random
 import traceback
@@ -56,9 +58,11 @@ from ._schema import (
     ErrorTo,
     Lifecycle,
     Precondition,
+    State,
     Step,
     SyncResponse,
     TimedTransition,
+    state_name,
     trigger_name,
 )
 from ._timers import TimerHandle, TimerService
@@ -149,6 +153,7 @@ class Engine:
         transports: Sequence[Transport] = (),
         after_hooks: Sequence[StepHook] = (),
         calls: Mapping[str, StepCall] | None = None,
+        state_map: Mapping[str, str] | None = None,
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
@@ -164,6 +169,7 @@ class Engine:
         self._ids = random.Random(f"{seed}:actions") if seed is not None else None
         self._check_deadlines()
         self._check_calls()
+        self._state_map = self._checked_state_map(state_map or {})
         self._store: Store = store if store is not None else MemoryStore()
         self._placement = Placement()
         self._timers = TimerService()
@@ -236,6 +242,15 @@ class Engine:
         await self._tg.__aenter__()
         self._tg.start_soon(self._timers.run)
         self._tg.start_soon(self._committer.run)
+        try:
+            await self._check_lifecycle()
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self._store.close()
+            raise
         self._tg.start_soon(self._outbox.run)
         if self._outbox.transports:
             await self._outbox.open_transports()
@@ -292,6 +307,91 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await self._store.close()
         return result
+
+    def _checked_state_map(self, state_map: Mapping[str, str]) -> dict[State, State]:
+        """``state_map`` (old state name → new) with both sides parsed; every target must be
+        a state of this engine's lifecycle."""
+        known = {state_name(s): s for s in self.lifecycle.states()}
+        out: dict[State, State] = {}
+        for old, new in state_map.items():
+            if new not in known:
+                raise LifecycleError(f"state_map: {new!r} is not a state of this lifecycle")
+            vm, _, task = old.partition("/")
+            try:
+                source = (VmState(vm), TaskState(task) if task else None)
+            except ValueError:
+                raise LifecycleError(f"state_map: {old!r} names no vm_state/task_state") from None
+            out[source] = known[new]
+        return out
+
+    async def _check_lifecycle(self) -> None:
+        """Make sure the store was written by this lifecycle, or can be read by it.
+
+        The store keeps the version and a fingerprint of the lifecycle's export. A different
+        lifecycle may run on it only if every stored instance's state (and so every in-flight
+        task and armed deadline, which derive from the state) is one it knows, or is mapped by
+        ``state_map`` to one it knows: those changes are written, audited, before anything
+        runs. Otherwise nothing is written and :class:`LifecycleError` names the instances:
+        never misread.
+        """
+        from ._diagram_export import export_lifecycle
+
+        export = export_lifecycle(self.lifecycle).to_json().encode()
+        mine = json.dumps(
+            {"version": self.lifecycle.version, "sha256": hashlib.sha256(export).hexdigest()},
+            sort_keys=True,
+        )
+        stored = await self._store.get_meta("lifecycle")
+        if stored == mine:
+            return
+        if stored is not None:
+            await self._migrate_states(json.loads(stored).get("version", "?"))
+        await self._store.set_meta("lifecycle", mine)
+
+    async def _migrate_states(self, old_version: str) -> None:
+        known = set(self.lifecycle.states())
+        moves: list[tuple[Instance, State]] = []
+        unknown: list[str] = []
+        for inst in self._store.all():
+            if inst.vm_state is VmState.DELETED or inst.state in known:
+                continue
+            target = self._state_map.get(inst.state)
+            if target is None:
+                unknown.append(f"{inst.uuid} ({state_name(inst.state)})")
+            else:
+                moves.append((inst, target))
+        if unknown:
+            raise LifecycleError(
+                f"lifecycle {self.lifecycle.version} cannot read a store written by lifecycle "
+                f"{old_version}: {len(unknown)} instances are in states it does not have: "
+                + ", ".join(unknown[:10])
+                + " (map them with Engine(state_map=...))"
+            )
+        why = f"lifecycle {old_version} -> {self.lifecycle.version}"
+        for inst, (vm, task) in moves:
+            new = inst.evolve(
+                vm_state=vm,
+                task_state=task,
+                action_id=inst.action_id if task is not None else None,
+                updated_at=self.clock.wall(),
+            )
+            self._store.stage(inst, new)
+            ends = inst.task_state is not None and task is None  # the mapping ends its action
+            entry = AuditEntry.build(
+                "preempted" if ends else "state",
+                when=self.clock.wall(),
+                instance=inst.uuid,
+                action=None,
+                action_id=inst.action_id if ends else None,
+                ctx=SYSTEM_CONTEXT,
+                outcome="preempted" if ends else None,
+                before=inst,
+                after=new,
+                message=f"{why}: {state_name(inst.state)} mapped to {state_name((vm, task))}",
+            )
+            with anyio.CancelScope(shield=True):
+                await self._committer.persist(Write(instance=new, expected=inst, audit=(entry,)))
+            log.warning("%s: %s moved to %s", why, inst.uuid, state_name((vm, task)))
 
     def _check_calls(self) -> None:
         """Every call the lifecycle names is bound: a built-in one, or one of ``calls``."""

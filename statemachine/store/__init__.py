@@ -169,6 +169,14 @@ class Store(Protocol):
         """Each host's last heartbeat."""
         ...
 
+    async def get_meta(self, key: str) -> str | None:
+        """A value the engine keeps about the store (the lifecycle that wrote it)."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key``."""
+        ...
+
 
 def open_store(url: str, *, hmac_key: bytes | None = None, readonly: bool = False) -> Store:
     """A store for a location: ``memory:``, a path or ``sqlite:///path`` (SQLite).

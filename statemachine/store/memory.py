@@ -48,6 +48,7 @@ class MemoryStore:
         self._sequences: dict[str, int] = {}
         self._user_data: dict[str, str] = {}
         self._heartbeats: dict[str, dt.datetime] = {}
+        self._meta: dict[str, str] = {}
         self._key = hmac_key
         self._generation = 0
 
@@ -227,3 +228,9 @@ class MemoryStore:
 
     async def services(self) -> dict[str, dt.datetime]:
         return dict(self._heartbeats)
+
+    async def get_meta(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        self._meta[key] = value

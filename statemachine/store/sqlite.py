@@ -480,6 +480,26 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"heartbeat to {self.path} failed: {exc}") from exc
 
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT value FROM ism_meta WHERE key = ?", (f"x:{key}",)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        def write() -> None:
+            with self._mutex:
+                self._connected(write=True).execute(
+                    "INSERT OR REPLACE INTO ism_meta VALUES (?, ?)", (f"x:{key}", value)
+                )
+
+        try:
+            await to_thread(write)
+        except sqlite3.Error as exc:
+            raise StoreError(f"writing {self.path} failed: {exc}") from exc
+
     async def services(self) -> dict[str, dt.datetime]:
         rows = await self._read(
             lambda c: c.execute("SELECT host, heartbeat_at FROM services").fetchall()
