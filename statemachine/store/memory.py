@@ -9,7 +9,7 @@ verifies like a durable one, an outbox, the request-id index. Audit records are 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..audit import (
@@ -21,9 +21,10 @@ from ..audit import (
     sign_head,
     verify_records,
 )
-from ..errors import Conflict, DuplicateRequest, InstanceNotFound, InvalidRequest
+from ..errors import Conflict, DuplicateRequest, InvalidRequest
 from ..model import Instance
 from . import RequestRecord, Write
+from ._working import WorkingSet
 
 if TYPE_CHECKING:
     from ..notify import Notification
@@ -31,14 +32,14 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(WorkingSet):
     """A dict of records, a list of audit entries, an outbox list. Swaps cannot interleave:
     there is no await between a check and its write."""
 
     durable = False
 
     def __init__(self, *, hmac_key: bytes | None = None) -> None:
-        self._records: dict[str, Instance] = {}
+        super().__init__()
         self._entries: list[AuditEntry] = []
         self._sealed: list[AuditRecord] = []
         self._chain: AuditChain | None = None
@@ -67,15 +68,6 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to release."""
 
-    def get(self, uuid: str) -> Instance:
-        try:
-            return self._records[uuid]
-        except KeyError:
-            raise InstanceNotFound(uuid) from None
-
-    def all(self) -> Iterator[Instance]:
-        return iter(list(self._records.values()))
-
     def __len__(self) -> int:
         return len(self._records)
 
@@ -86,21 +78,6 @@ class MemoryStore:
             raise Conflict(clash[0] if clash else "batch", {"exists": False}, {"exists": True})
         for record in records:
             self._records[record.uuid] = record
-
-    def stage(self, expected: Instance | None, new: Instance) -> None:
-        current = self._records.get(new.uuid)
-        if expected is None:
-            if current is not None:
-                raise Conflict(new.uuid, {"exists": False}, {"exists": True})
-        elif current is None:
-            raise InstanceNotFound(new.uuid)
-        elif current.version != expected.version or current.task_state != expected.task_state:
-            raise Conflict(
-                new.uuid,
-                {"version": expected.version, "task_state": expected.task_state},
-                {"version": current.version, "task_state": current.task_state},
-            )
-        self._records[new.uuid] = new
 
     async def persist(
         self, writes: Sequence[Write], *, sent: Sequence[str] = ()

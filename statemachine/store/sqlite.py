@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -36,6 +36,7 @@ from ..model import Instance
 from . import RequestRecord, Write
 from ._codec import dumps_instance, loads_instance
 from ._sqlite_schema import MIGRATIONS, Migration, migrate, schema_version
+from ._working import WorkingSet
 
 if TYPE_CHECKING:
     from ..notify import Notification
@@ -67,7 +68,7 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     )
 
 
-class SqliteStore:
+class SqliteStore(WorkingSet):
     """Instances, audit log, outbox and request ids in one SQLite file.
 
     Args:
@@ -99,7 +100,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._lockfile: IO[bytes] | None = None
         self._mutex = threading.Lock()
-        self._records: dict[str, Instance] = {}
+        super().__init__()
         self._chain: AuditChain | None = None
         self._next_seq = 1
         self._sequences: dict[str, int] = {}
@@ -204,32 +205,6 @@ class SqliteStore:
             if self._lockfile is not None:
                 self._lockfile.close()  # releases the flock
                 self._lockfile = None
-
-    # -- the working set ----------------------------------------------------------------------
-
-    def get(self, uuid: str) -> Instance:
-        try:
-            return self._records[uuid]
-        except KeyError:
-            raise InstanceNotFound(uuid) from None
-
-    def all(self) -> Iterator[Instance]:
-        return iter(list(self._records.values()))
-
-    def stage(self, expected: Instance | None, new: Instance) -> None:
-        current = self._records.get(new.uuid)
-        if expected is None:
-            if current is not None:
-                raise Conflict(new.uuid, {"exists": False}, {"exists": True})
-        elif current is None:
-            raise InstanceNotFound(new.uuid)
-        elif current.version != expected.version or current.task_state != expected.task_state:
-            raise Conflict(
-                new.uuid,
-                {"version": expected.version, "task_state": expected.task_state},
-                {"version": current.version, "task_state": current.task_state},
-            )
-        self._records[new.uuid] = new
 
     # -- writing ------------------------------------------------------------------------------
 
