@@ -420,6 +420,23 @@ class SimulatorDriver:
         """The simulator's record of a guest, or None if it holds none."""
         return self._guests.get(uuid)
 
+    async def fault_point(self, operation: str) -> None:
+        """Consult the fault plan for an operation of a subclass's own (an extension's driver
+        call), as the built-in operations do: raise the rule's fault, or hang.
+
+        Raises:
+            InjectedFault: a rule of the plan breaks this call.
+        """
+        self._calls[operation] += 1
+        context = CURRENT_CALL.get()
+        rule = self._faults.select(operation, context, self._rng)
+        if rule is None:
+            return
+        self._faults.record(rule, operation, context)
+        if rule.mode == "hang":
+            await anyio.sleep_forever()
+        raise InjectedFault(rule.message)
+
     def set_power(self, uuid: str, power: PowerState) -> None:
         """The guest's power state changes and no event says so (a lost event): what a
         periodic sync must find by asking.

@@ -14,7 +14,18 @@ import contextlib
 
 from drivers.base import PowerState
 
-from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
+from ._calls import StepCall, StepRun
+from ._schema import (
+    Action,
+    Concurrency,
+    ErrorPath,
+    ErrorTo,
+    Lifecycle,
+    PayloadClass,
+    Rule,
+    Step,
+    Target,
+)
 from .amqp import AmqpStatistics, AmqpTransport
 from .audit import AuditEntry, AuditRecord, VerifyReport
 from .clock import (
@@ -22,7 +33,6 @@ from .clock import (
     SystemClock,
     VirtualClock,
     VirtualTimeLoop,
-    hold_clock,
     run_virtual,
     to_thread,
 )
@@ -62,12 +72,14 @@ from .errors import (
     UnexpectedDeletingTaskState,
     WaitTimeout,
     WatchOverflow,
+    WrongHost,
 )
 from .history import ActionEvent, ActionRecord
 from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
+from .outbox import Transport
 from .policy import Policy
 from .scenario import Scenario, ScenarioOutcome, load_scenario, run_scenario
 from .sinks import JsonlSink, LoggingSink, MemoryCapture, Sink
@@ -133,6 +145,7 @@ __all__ = [
     "Notifier",
     "NotifySettings",
     "Outcome",
+    "PayloadClass",
     "Policy",
     "PostgresStore",
     "PowerState",
@@ -146,14 +159,17 @@ __all__ = [
     "SqliteStore",
     "StateChange",
     "Step",
+    "StepCall",
     "StepDeadlineExceeded",
     "StepHook",
     "StepInfo",
+    "StepRun",
     "Store",
     "StoreError",
     "SystemClock",
     "Target",
     "TaskState",
+    "Transport",
     "TransportError",
     "UnexpectedDeletingTaskState",
     "VerifyReport",
@@ -163,7 +179,7 @@ __all__ = [
     "WaitTimeout",
     "WatchOverflow",
     "Write",
-    "hold_clock",
+    "WrongHost",
     "load_scenario",
     "open_store",
     "run_scenario",

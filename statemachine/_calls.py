@@ -21,7 +21,7 @@ from .states import TaskState, VmState
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["CALLS", "StepRun"]
+__all__ = ["CALLS", "StepCall", "StepRun"]
 
 Changes = dict[str, Any]
 
@@ -279,7 +279,12 @@ async def _unlock(run: StepRun) -> Changes:
     return {"locked": False, "locked_by": None, "locked_reason": None}
 
 
-CALLS: dict[Call, Callable[[StepRun], Awaitable[Changes]]] = {
+StepCall = Callable[[StepRun], Awaitable[Changes]]
+"""What a step's call does: given the run, drive the hypervisor and return the record fields the
+step changes (committed with the step). An embedding service binds its own by name
+(``Engine(calls={"attach_volume": ...})``)."""
+
+CALLS: dict[str, StepCall] = {
     Call.SCHEDULE: _schedule,
     Call.SPAWN: _spawn,
     Call.DESTROY: _destroy,

@@ -1,5 +1,8 @@
 """The ``ism`` subcommands about the lifecycle's picture: diagram, diagram diff, lifecycle export.
 
+``diagram --db DB --instance NAME`` (a path read from the audit log) is handed to
+:mod:`statemachine._cli_history`, which also holds ``ism timeline``.
+
 Kept apart from :mod:`statemachine.cli` so the command's other subcommands and these evolve
 without touching each other. Exit codes: 0 success; ``diagram --check`` 1 when a file is stale;
 ``diagram diff`` 0 identical, 1 different (like ``diff``), 2 when a side cannot be read.
@@ -12,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import _cli_history
 from .errors import DiagramError
 
 if TYPE_CHECKING:
@@ -45,12 +49,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "diagram",
         help="draw the lifecycle (Mermaid, DOT, SVG); --write/--check diagrams/; diff revisions",
     )
-    diagram.add_argument("--format", dest="fmt", choices=_FORMATS, default="mermaid")
+    diagram.add_argument(
+        "--format",
+        dest="fmt",
+        choices=_FORMATS,
+        help="default: from --out's suffix (.svg, .dot, .mmd), else mermaid",
+    )
     view = diagram.add_mutually_exclusive_group()
     view.add_argument("--action", metavar="NAME", help="one action's region (e.g. resize)")
     view.add_argument("--from", dest="start", metavar="STATE", help="what follows one state")
     view.add_argument("--write", action="store_true", help="regenerate diagrams/")
     view.add_argument("--check", action="store_true", help="exit 1 naming each stale file")
+    view.add_argument("--instance", metavar="NAME", help="one instance's path (from --db)")
+    diagram.add_argument("--db", metavar="DB", help="with --instance: the store to read")
     diagram.add_argument("--depth", type=_depth, metavar="N", help="with --from: edges to follow")
     diagram.add_argument("--out", type=Path, metavar="FILE", help="write here, not to stdout")
     diagram.add_argument("--root", type=Path, default=Path("."), help="repository root")
@@ -122,9 +133,11 @@ def diagram(args: argparse.Namespace) -> int:
         return 0
     if args.depth is not None and args.start is None:
         raise DiagramError("--depth goes with --from STATE")
-    text = render(
-        DEFAULT_LIFECYCLE, args.fmt, action=args.action, start=args.start, depth=args.depth
-    )
+    fmt: DiagramFormat = args.fmt or (args.out and _SUFFIXES.get(args.out.suffix)) or "mermaid"
+    if args.instance is not None or args.db is not None:
+        # issue 6 item 5: a path read from the audit log (statemachine/_cli_history.py)
+        return _cli_history.instance_diagram(args, fmt)
+    text = render(DEFAULT_LIFECYCLE, fmt, action=args.action, start=args.start, depth=args.depth)
     _emit(text, args.out)
     return 0
 

@@ -8,6 +8,7 @@ naming the first bad record, 2 when the store cannot be read at all.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ._audit_read import audit_pages
 from .audit import AuditRecord
 from .errors import InvalidRequest, StoreError
 from .history import actions_from_audit
@@ -24,7 +26,7 @@ from .lifecycle import DEFAULT_LIFECYCLE
 from .model import Instance
 from .store import Store, open_store
 
-__all__ = ["actions", "add_parsers", "audit", "status"]
+__all__ = ["actions", "add_parsers", "audit", "find_instance", "read_store", "status"]
 
 T = TypeVar("T")
 KEY_ENV = "ISM_AUDIT_KEY"
@@ -67,7 +69,13 @@ async def _with_store(url: str, use: Callable[[Store], Awaitable[T]]) -> T:
         await store.close()
 
 
-def _read(url: str, use: Callable[[Store], Awaitable[T]]) -> T:
+def read_store(url: str, use: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store at ``url`` read-only, run ``use`` on it, close it; what every reading
+    command (here and in :mod:`statemachine._cli_history`) does.
+
+    Raises:
+        StoreError: the store cannot be opened or read.
+    """
     return anyio.run(_with_store, url, use)
 
 
@@ -86,7 +94,7 @@ def audit(args: argparse.Namespace) -> int:
     if args.verb == "verify":
         key = _key(args.key_file)
         try:
-            report = _read(args.db, lambda s: s.verify(head=args.head, key=key))
+            report = read_store(args.db, lambda s: s.verify(head=args.head, key=key))
         except StoreError as exc:
             print(f"ism audit verify: cannot read {args.db}: {exc}", file=sys.stderr)
             return 2
@@ -99,12 +107,12 @@ def audit(args: argparse.Namespace) -> int:
     if args.verb == "tail":
         if args.n < 1:
             raise InvalidRequest("-n must be at least 1")
-        for record in _read(args.db, lambda s: _last(s, args.n)):
+        for record in read_store(args.db, lambda s: _last(s, args.n)):
             print(_line(record))
         return 0
     out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     try:
-        count = _read(args.db, lambda s: _export(s, out))
+        count = read_store(args.db, lambda s: _export(s, out))
     finally:
         if args.output:
             out.close()
@@ -115,26 +123,19 @@ def audit(args: argparse.Namespace) -> int:
 
 async def _last(store: Store, n: int) -> list[AuditRecord]:
     """The last ``n`` records, reading forward in pages (bounded memory)."""
-    kept: list[AuditRecord] = []
-    after = 0
-    while True:
-        page = await store.read_audit(after=after, limit=5000)
-        if not page:
-            return kept[-n:]
-        kept = (kept + page)[-n:]
-        after = page[-1].seq
+    kept: collections.deque[AuditRecord] = collections.deque(maxlen=n)
+    async for page in audit_pages(store):
+        kept.extend(page)
+    return list(kept)
 
 
 async def _export(store: Store, out: Any) -> int:
-    count, after = 0, 0
-    while True:
-        page = await store.read_audit(after=after, limit=5000)
-        if not page:
-            return count
+    count = 0
+    async for page in audit_pages(store):
         for record in page:
             out.write(json.dumps(record.as_dict(), sort_keys=True, ensure_ascii=False) + "\n")
         count += len(page)
-        after = page[-1].seq
+    return count
 
 
 def _state(snap: Any) -> str:
@@ -160,7 +161,12 @@ def _line(record: AuditRecord) -> str:
     )
 
 
-def _find(store: Store, name: str) -> Instance:
+def find_instance(store: Store, name: str) -> Instance:
+    """The instance a command line names: by uuid, or by name (a live one before deleted ones).
+
+    Raises:
+        InvalidRequest: no instance has that name or uuid, or several live ones share the name.
+    """
     matches = [i for i in store.all() if name in (i.uuid, i.name)]
     if not matches:
         raise InvalidRequest(f"no instance named {name!r} in the store")
@@ -178,10 +184,10 @@ def actions(args: argparse.Namespace) -> int:
     """``ism actions NAME --db DB``."""
 
     async def read(store: Store) -> tuple[Instance, list[Any]]:
-        inst = _find(store, args.instance)
+        inst = find_instance(store, args.instance)
         return inst, actions_from_audit(await store.read_audit(instance=inst.uuid))
 
-    inst, found = _read(args.db, read)
+    inst, found = read_store(args.db, read)
     if args.as_json:
         print(json.dumps([a.as_dict() for a in found], indent=2))
         return 0
@@ -205,7 +211,7 @@ def status(args: argparse.Namespace) -> int:
     async def read(store: Store) -> list[Instance]:
         return list(store.all())
 
-    found = _read(args.db, read)
+    found = read_store(args.db, read)
     rows = [
         {
             "name": i.name,

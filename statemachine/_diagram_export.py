@@ -380,7 +380,7 @@ def _nf(value: str | None) -> str:
 def _export_step(s: Step) -> ExportedStep:
     return ExportedStep(
         task_state=None if s.task_state is None else s.task_state.value,
-        call=None if s.call is None else s.call.value,
+        call=None if s.call is None else str(s.call),
         deadline=float(s.deadline),
         before=s.before,
         after=s.after,
@@ -395,7 +395,7 @@ def _export_step(s: Step) -> ExportedStep:
 def _export_error(path: ErrorPath) -> ExportedErrorPath:
     return ExportedErrorPath(
         to=path.to.name.lower(),
-        call=None if path.call is None else path.call.value,
+        call=None if path.call is None else str(path.call),
         events=path.events,
         doc=path.doc,
     )

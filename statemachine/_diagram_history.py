@@ -227,9 +227,10 @@ def timeline_svg(
     total = max((t1 - t0).total_seconds(), 1e-9)
     name_width = min(220, 12 + 7 * max(len(r) for r in rows))
     left, top = name_width, 44
-    height = top + _ROW * len(rows) + 70
     width = left + _PLOT + 20
     states = sorted({i.vm_state for i in intervals}, key=_state_order)
+    legend = _legend_places(states, left, width, top + _ROW * len(rows) + 32)
+    height = legend[-1][2] + 28
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -285,21 +286,37 @@ def timeline_svg(
                 f'stroke="{_colour(state)}" stroke-width="0.6" class="transient">'
             )
         out.append(f"{shape}<title>{escape(tip)}</title></rect>")
-    y = top + _ROW * len(rows) + 32
-    x = left
-    for state in states:
+    for state, x, y in legend[:-1]:
         out.append(
             f'<rect x="{x}" y="{y}" width="14" height="10" fill="{_colour(state)}"/>'
             f'<text x="{x + 18}" y="{y + 9}">{escape(state)}</text>'
         )
-        x += 26 + 7 * len(state)
+    _, x, y = legend[-1]
     out.append(
         f'<rect x="{x}" y="{y + 2}" width="14" height="6" fill="#ddd" stroke="#999" '
         'stroke-dasharray="2 1"/>'
-        f'<text x="{x + 18}" y="{y + 9}">thin, hatched: a transient step (task_state)</text>'
+        f'<text x="{x + 18}" y="{y + 9}">{_TRANSIENT_KEY}</text>'
     )
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+_TRANSIENT_KEY = "thin, hatched: a transient step (task_state)"
+
+
+def _legend_places(
+    states: Sequence[str], left: int, width: int, top: int
+) -> list[tuple[str, int, int]]:
+    """Where each legend entry goes (the transient key last), wrapping to a new line rather
+    than running past the picture's right edge."""
+    places, x, y = [], left, top
+    for text in (*states, _TRANSIENT_KEY):
+        step = 26 + 7 * len(text)
+        if x > left and x + step > width:
+            x, y = left, y + 16
+        places.append((text, x, y))
+        x += step
+    return places
 
 
 def _state_order(vm_state: str) -> tuple[int, str]:

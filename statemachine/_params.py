@@ -78,4 +78,17 @@ def normalize_params(action: Action, params: Mapping[str, Any]) -> dict[str, Any
     for key, limit in (("user_data", MAX_USER_DATA), ("admin_pass", 255)):
         if key in out and (not isinstance(out[key], str) or len(out[key]) > limit):
             raise InvalidRequest(f"{key} must be a string of at most {limit} characters")
+    for key in set(out) - _BUILT_IN:  # an added action's own words: plain, bounded strings
+        value = out[key]
+        if not isinstance(value, str) or not value or len(value) > 255:
+            raise InvalidRequest(
+                f"{key} must be a non-empty string of at most 255 characters",
+                action=action.name,
+            )
     return out
+
+
+_BUILT_IN = frozenset(
+    {"flavor", "image", "host", "name", "rescue_image", "key_name", "reason", "metadata",
+     "user_data", "admin_pass", "type"}
+)  # fmt: skip

@@ -28,6 +28,7 @@ __all__ = [
     "ErrorPath",
     "ErrorTo",
     "Lifecycle",
+    "PayloadClass",
     "PowerSyncRule",
     "Precondition",
     "Rule",
@@ -39,6 +40,10 @@ __all__ = [
     "Transition",
     "state_name",
 ]
+
+PayloadClass = tuple[str, str, tuple[str, ...]]
+"""A notification payload class: its name, its version, and its fields beyond the instance's
+(``("InstanceActionVolumePayload", "1.7", ("fault", "volume_id"))``)."""
 
 State = tuple[VmState, TaskState | None]
 """An instance's lifecycle position: the stable state and the step in progress (or None)."""
@@ -136,7 +141,7 @@ class ErrorPath:
     """
 
     to: ErrorTo
-    call: Call | None = None
+    call: Call | str | None = None
     events: tuple[str, ...] = ()
     doc: str = ""
 
@@ -198,7 +203,7 @@ class Step:
     """
 
     task_state: TaskState | None
-    call: Call | None = None
+    call: Call | str | None = None
     deadline: float = 60.0
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
@@ -354,6 +359,9 @@ class Lifecycle:
     power_sync: tuple[PowerSyncRule, ...]
     api_status: Mapping[VmState, tuple[str, Mapping[TaskState, str]]]
     version: str = "1"
+    payload_classes: Mapping[str, PayloadClass] = attrs.field(factory=dict)
+    """Payload classes of events the table adds (``volume_attach`` → Nova's
+    ``InstanceActionVolumePayload``), beside the built-in ones (``statemachine.notify``)."""
     _by_name: dict[str, Action] = attrs.field(init=False, repr=False, eq=False)
     _by_api: dict[str, tuple[Action, ...]] = attrs.field(init=False, repr=False, eq=False)
 
@@ -414,6 +422,40 @@ class Lifecycle:
     def states(self) -> list[State]:
         """Every reachable state, in discovery order (deterministic)."""
         return _derive(self)[0]
+
+    def extend(
+        self,
+        *,
+        actions: Iterable[Action] = (),
+        payload_classes: Mapping[str, PayloadClass] | None = None,
+        version: str | None = None,
+    ) -> Lifecycle:
+        """A new lifecycle with ``actions`` added: an embedding service's own actions, run,
+        drawn, documented and covered by generated paths like the built-in ones.
+
+        Raises:
+            LifecycleError: the result is not a valid lifecycle (names the culprit).
+        """
+        added = tuple(actions)
+        extended = attrs.evolve(
+            self,
+            actions=(*self.actions, *added),
+            payload_classes={**self.payload_classes, **(payload_classes or {})},
+            version=version or "+".join([self.version, *(a.name for a in added)]),
+        )
+        extended.validate()
+        return extended
+
+    def payload_fields(self, action: Action) -> frozenset[str]:
+        """The extra payload fields of the action's own events (filled from its params)."""
+        out: set[str] = set()
+        for step in action.steps:
+            for event in (*step.before, *step.after):
+                base = event.rsplit(".", 1)[0] if event.endswith((".start", ".end")) else event
+                spec = self.payload_classes.get(base)
+                if spec is not None:
+                    out.update(spec[2])
+        return frozenset(out) - {"fault"}
 
     def validate(self) -> None:
         """Fail with a :class:`LifecycleError` naming the culprit when the definition is broken."""

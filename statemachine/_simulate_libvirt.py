@@ -43,7 +43,7 @@ CALL_CAPABILITY: Mapping[Call, str] = MappingProxyType(
 def supported(action: Action, capabilities: Capabilities) -> bool:
     """Whether every driver call of ``action``'s steps is one the driver says it can do."""
     for step in action.steps:
-        flag = CALL_CAPABILITY.get(step.call) if step.call is not None else None
+        flag = CALL_CAPABILITY.get(Call(step.call)) if step.call in set(Call) else None
         if flag is not None and not getattr(capabilities, flag):
             return False
     return True

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from drivers.base import Driver, DriverError
 
-from . import _cli_diagrams, _cli_store
+from . import _cli_diagrams, _cli_history, _cli_store
 from .errors import InvalidRequest, IsmError, ScenarioError
+from .outbox import Transport
 from .sinks import JsonlSink
 from .store import Store, open_store
 
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--resume", action="store_true", help="continue an interrupted run on --db after recovery"
     )
+    sim.add_argument(
+        "--notify",
+        metavar="AMQP_URL",
+        help="also publish every notification to RabbitMQ (amqp://user:pass@host:port/vhost)",
+    )
+    sim.add_argument("--notify-exchange", metavar="NAME", help="the topic exchange (default: ism)")
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
@@ -101,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     _cli_diagrams.add_parsers(sub)
     # audit, actions, status: statemachine/_cli_store.py
     _cli_store.add_parsers(sub)
+    # timeline (history drawn from the audit log): statemachine/_cli_history.py
+    _cli_history.add_parsers(sub)
     return parser
 
 
@@ -147,6 +156,7 @@ def _simulate(args: argparse.Namespace) -> int:
             group_commit=args.group_commit,
             resume=args.resume,
             on_ready=_ready if args.db else None,
+            transports=_transports(args),
         )
     finally:
         for sink in sinks:
@@ -158,6 +168,19 @@ def _simulate(args: argparse.Namespace) -> int:
     if report.signal is not None:
         return 128 + report.signal
     return 0 if report.stuck == 0 else 1
+
+
+def _transports(args: argparse.Namespace) -> list[Transport]:
+    """The AMQP transport ``--notify`` names (none without it)."""
+    if args.notify is None:
+        if args.notify_exchange is not None:
+            raise InvalidRequest("--notify-exchange needs --notify")
+        return []
+    if not args.notify.startswith(("amqp://", "amqps://")):
+        raise InvalidRequest("--notify takes an amqp:// URL")
+    from .amqp import AmqpTransport
+
+    return [AmqpTransport(args.notify, exchange=args.notify_exchange)]
 
 
 def _ready(recovered: int, seconds: float) -> None:
@@ -269,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": _cli_store.audit,
         "actions": _cli_store.actions,
         "status": _cli_store.status,
+        "timeline": _cli_history.timeline,
     }
     try:
         return handlers[args.command](args)

@@ -12,8 +12,7 @@ loop cannot see, and every timer would fire "early" relative to it. The loop the
 offloaded calls and, while any is outstanding, waits for real without moving the clock. Code that
 may run under virtual time must offload through :func:`to_thread` or ``loop.run_in_executor``
 (which also covers ``asyncio.to_thread``); a bare ``anyio.to_thread.run_sync`` or a hand-made
-thread is invisible to the loop. Awaiting a server over the network (a database) is the same
-kind of real wait: :func:`hold_clock` holds the clock around it.
+thread is invisible to the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import selectors
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, final
 
@@ -38,8 +38,8 @@ __all__ = [
     "SystemClock",
     "VirtualClock",
     "VirtualTimeLoop",
-    "hold_clock",
     "is_virtual",
+    "real_time",
     "run_virtual",
     "to_thread",
     "virtual_loop_factory",
@@ -113,10 +113,16 @@ class _JumpingSelector(selectors.BaseSelector):
     0 when callbacks are ready). Real I/O always wins: the real selector is polled first.
     """
 
-    def __init__(self, jump: Callable[[float], None], offloaded: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        jump: Callable[[float], None],
+        offloaded: Callable[[], int],
+        realtime: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._real = selectors.DefaultSelector()
         self._jump = jump
         self._offloaded = offloaded
+        self._realtime = realtime
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """Return ready I/O now, or jump the clock by ``timeout``, or wait for real.
@@ -131,6 +137,13 @@ class _JumpingSelector(selectors.BaseSelector):
             return ready
         if timeout is None or self._offloaded():
             return self._real.select(None)
+        if self._realtime():
+            # a network peer is awaited (real_time()): wait for real, at most until the next
+            # timer, and let virtual time flow with the real time that passed
+            started = time.monotonic()
+            ready = self._real.select(timeout)
+            self._jump(min(timeout, time.monotonic() - started))
+            return ready
         self._jump(timeout)
         return []
 
@@ -174,7 +187,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         # Set before the base initialiser, which may already read time().
         self._now = float(start)
         self._offloaded = 0
-        super().__init__(_JumpingSelector(self._advance, lambda: self._offloaded))
+        self._realtime = 0
+        super().__init__(
+            _JumpingSelector(self._advance, lambda: self._offloaded, lambda: self._realtime)
+        )
 
     def time(self) -> float:
         """Virtual seconds: what every loop timer and anyio deadline is measured against."""
@@ -248,27 +264,22 @@ async def to_thread(func: Callable[[*Ts], T], *args: *Ts) -> T:
 
 
 @contextlib.contextmanager
-def hold_clock() -> Iterator[None]:
-    """Hold a virtual clock still while the block awaits real I/O (a database's answer).
+def real_time() -> Iterator[None]:
+    """While inside, a virtual clock flows with real time instead of jumping.
 
-    On a :class:`VirtualTimeLoop` the clock would otherwise jump to the next timer as soon as
-    nothing is runnable, and a client-side timeout around a network round trip (asyncpg's
-    connect timeout, a commit deadline) would fire at once, though the server is answering.
-    While held, the loop waits for real: the socket's readiness wakes it. Bound such waits on
-    the server side (a statement timeout): the clock cannot time them out. On any other loop
-    this does nothing.
-
-    .. versionadded:: 0.1
+    For awaiting a peer on the network (a message broker's confirms, a database server): the
+    loop cannot see when the answer will come, and a jump would fire every timeout at once.
+    Timeouts set inside keep their meaning in real seconds. On any other loop it does nothing.
     """
     loop = _running_virtual_loop()
     if loop is None:
         yield
         return
-    loop._hold()
+    loop._realtime += 1
     try:
         yield
     finally:
-        loop._release()
+        loop._realtime -= 1
 
 
 def is_virtual() -> bool:

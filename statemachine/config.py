@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import attrs
@@ -27,6 +27,17 @@ def _bounded(low: int, high: int) -> Callable[[object, attrs.Attribute[int], int
             raise InvalidRequest(f"{attribute.name} must be an integer in [{low}, {high}]")
 
     return check
+
+
+def _host_tuple(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidRequest("hosts must be a list of host names")
+    hosts = tuple(value)
+    if not hosts or not all(isinstance(h, str) and h for h in hosts):
+        raise InvalidRequest("hosts must be a non-empty list of host names")
+    return hosts
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +67,15 @@ class Config:
     """Bound on actions in flight at once; past it new actions are refused with ``Busy``."""
     watch_buffer: int = attrs.field(default=10_000, validator=_bounded(1, 10_000_000))
     """Bound on each watcher's buffer of undelivered state changes."""
+    hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_host_tuple)
+    """The compute hosts this engine serves when several engines share a fleet's store (Nova:
+    one compute service per host). None, the default, serves every host its driver reports.
+    Actions on other hosts' instances are refused with ``WrongHost``, but an admin's
+    ``evacuate`` of a host whose heartbeat expired."""
+    report_interval: float = attrs.field(default=10.0, validator=_number)
+    """Nova's option: seconds between an engine's heartbeats (with ``hosts`` set)."""
+    service_down_time: float = attrs.field(default=60.0, validator=_number)
+    """Nova's option: a host whose engine has not heartbeat for this long is down."""
     sync_power_state_interval: float = attrs.field(default=600.0, validator=_number)
     """Nova's option: seconds between two syncs of every idle instance's power state with the
     driver (so a lost hypervisor event is corrected); 0 means every 60 s, negative never."""

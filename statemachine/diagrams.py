@@ -24,6 +24,7 @@ from typing import Literal
 
 import attrs
 
+from ._audit_read import AuditPath, AuditTimeline, path_from_audit, timeline_from_audit
 from ._diagram_diff import Change, LifecycleDiff, diff_exports, diff_picture
 from ._diagram_dot import dot_binary, render_svg, source_hash, svg_source_hash, to_dot
 from ._diagram_export import EXPORT_FORMAT, LifecycleExport, export_lifecycle
@@ -51,6 +52,8 @@ __all__ = [
     "MAX_TIMELINE_INTERVALS",
     "MAX_TIMELINE_ROWS",
     "OVERVIEW_PATH",
+    "AuditPath",
+    "AuditTimeline",
     "Change",
     "DiagramFormat",
     "LifecycleDiff",
@@ -67,9 +70,11 @@ __all__ = [
     "load_export",
     "load_export_at",
     "mermaid_overview",
+    "path_from_audit",
     "render",
     "render_diff",
     "states_markdown",
+    "timeline_from_audit",
     "timeline_svg",
     "write_diagrams",
 ]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
 import random
 import traceback
@@ -41,11 +43,12 @@ from drivers.base import (
     CallContext,
     Driver,
     DriverError,
+    HostInfo,
     LifecycleEvent,
     PowerState,
 )
 
-from ._calls import CALLS, StepRun
+from ._calls import CALLS, StepCall, StepRun
 from ._committer import Committer
 from ._params import normalize_params, resolve_action
 from ._placement import Placement
@@ -55,9 +58,11 @@ from ._schema import (
     ErrorTo,
     Lifecycle,
     Precondition,
+    State,
     Step,
     SyncResponse,
     TimedTransition,
+    state_name,
     trigger_name,
 )
 from ._timers import TimerHandle, TimerService
@@ -78,10 +83,13 @@ from .errors import (
     InvalidRequest,
     InvalidState,
     IsmError,
+    LifecycleError,
     Locked,
     StepDeadlineExceeded,
+    StoreError,
     UnexpectedDeletingTaskState,
     WaitTimeout,
+    WrongHost,
 )
 from .handles import (
     ActionHandle,
@@ -98,7 +106,7 @@ from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
-from .outbox import Outbox
+from .outbox import Outbox, Transport
 from .policy import Policy
 from .recovery import Recovery, RecoveryRule, match_rule
 from .redact import scrub
@@ -142,9 +150,15 @@ class Engine:
         seed: int | None = None,
         hooks: Sequence[StepHook] = (),
         store: Store | None = None,
+        transports: Sequence[Transport] = (),
+        after_hooks: Sequence[StepHook] = (),
+        calls: Mapping[str, StepCall] | None = None,
+        state_map: Mapping[str, str] | None = None,
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
+        self._after_hooks = tuple(after_hooks)
+        self._calls: dict[str, StepCall] = {**CALLS, **(calls or {})}
         self.config = config or Config()
         self.lifecycle = lifecycle
         self.machine = LifecycleMachine(lifecycle)
@@ -154,6 +168,8 @@ class Engine:
         self._rng = random.Random(seed) if seed is not None else None
         self._ids = random.Random(f"{seed}:actions") if seed is not None else None
         self._check_deadlines()
+        self._check_calls()
+        self._state_map = self._checked_state_map(state_map or {})
         self._store: Store = store if store is not None else MemoryStore()
         self._placement = Placement()
         self._timers = TimerService()
@@ -167,11 +183,13 @@ class Engine:
             wall=self.clock.wall,
             new_id=self._new_uuid,
             service_host=self.config.service_host,
+            payload_classes=lifecycle.payload_classes,
         )
         self._outbox = Outbox(
             self._store,
             sinks,
             flush_marks=self._flush_marks,
+            transports=transports,
             max_backlog=self.config.outbox_max_backlog,
         )
         self._committer = Committer(
@@ -224,11 +242,25 @@ class Engine:
         await self._tg.__aenter__()
         self._tg.start_soon(self._timers.run)
         self._tg.start_soon(self._committer.run)
+        try:
+            await self._check_lifecycle()
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self._store.close()
+            raise
         self._tg.start_soon(self._outbox.run)
+        if self._outbox.transports:
+            await self._outbox.open_transports()
+            self._tg.start_soon(self._outbox.publish)
         await self._outbox.replay()
         for record in self._store.all():
             self._rearm(record, restart=True)
         self._accepting = True  # recovery's own follow-ups go through submit
+        if self.config.hosts is not None:
+            await self._heartbeat()
         await self._recover()
         self._arm_sync()
         if self.config.handle_virt_lifecycle_events:
@@ -259,6 +291,13 @@ class Engine:
                     await self._idle.wait()
                 await self._committer.wait_idle()
                 await self._committer.flush_marks()
+            if self._outbox.transports:
+                # what the broker confirms in the bound is marked; the rest stays for next time
+                with anyio.move_on_after(self.config.drain_timeout, shield=True):
+                    await self._outbox.publish_all()
+                    await self._committer.flush_marks()
+                with anyio.CancelScope(shield=True):
+                    await self._outbox.close_transports()
             self._tg.cancel_scope.cancel()
             tg, self._tg = self._tg, None
             try:
@@ -268,6 +307,102 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await self._store.close()
         return result
+
+    def _checked_state_map(self, state_map: Mapping[str, str]) -> dict[State, State]:
+        """``state_map`` (old state name → new) with both sides parsed; every target must be
+        a state of this engine's lifecycle."""
+        known = {state_name(s): s for s in self.lifecycle.states()}
+        out: dict[State, State] = {}
+        for old, new in state_map.items():
+            if new not in known:
+                raise LifecycleError(f"state_map: {new!r} is not a state of this lifecycle")
+            vm, _, task = old.partition("/")
+            try:
+                source = (VmState(vm), TaskState(task) if task else None)
+            except ValueError:
+                raise LifecycleError(f"state_map: {old!r} names no vm_state/task_state") from None
+            out[source] = known[new]
+        return out
+
+    async def _check_lifecycle(self) -> None:
+        """Make sure the store was written by this lifecycle, or can be read by it.
+
+        The store keeps the version and a fingerprint of the lifecycle's export. A different
+        lifecycle may run on it only if every stored instance's state (and so every in-flight
+        task and armed deadline, which derive from the state) is one it knows, or is mapped by
+        ``state_map`` to one it knows: those changes are written, audited, before anything
+        runs. Otherwise nothing is written and :class:`LifecycleError` names the instances:
+        never misread.
+        """
+        from ._diagram_export import export_lifecycle
+
+        export = export_lifecycle(self.lifecycle).to_json().encode()
+        mine = json.dumps(
+            {"version": self.lifecycle.version, "sha256": hashlib.sha256(export).hexdigest()},
+            sort_keys=True,
+        )
+        stored = await self._store.get_meta("lifecycle")
+        if stored == mine:
+            return
+        if stored is not None:
+            await self._migrate_states(json.loads(stored).get("version", "?"))
+        await self._store.set_meta("lifecycle", mine)
+
+    async def _migrate_states(self, old_version: str) -> None:
+        known = set(self.lifecycle.states())
+        moves: list[tuple[Instance, State]] = []
+        unknown: list[str] = []
+        for inst in self._store.all():
+            if inst.vm_state is VmState.DELETED or inst.state in known:
+                continue
+            target = self._state_map.get(inst.state)
+            if target is None:
+                unknown.append(f"{inst.uuid} ({state_name(inst.state)})")
+            else:
+                moves.append((inst, target))
+        if unknown:
+            raise LifecycleError(
+                f"lifecycle {self.lifecycle.version} cannot read a store written by lifecycle "
+                f"{old_version}: {len(unknown)} instances are in states it does not have: "
+                + ", ".join(unknown[:10])
+                + " (map them with Engine(state_map=...))"
+            )
+        why = f"lifecycle {old_version} -> {self.lifecycle.version}"
+        for inst, (vm, task) in moves:
+            new = inst.evolve(
+                vm_state=vm,
+                task_state=task,
+                action_id=inst.action_id if task is not None else None,
+                updated_at=self.clock.wall(),
+            )
+            self._store.stage(inst, new)
+            ends = inst.task_state is not None and task is None  # the mapping ends its action
+            entry = AuditEntry.build(
+                "preempted" if ends else "state",
+                when=self.clock.wall(),
+                instance=inst.uuid,
+                action=None,
+                action_id=inst.action_id if ends else None,
+                ctx=SYSTEM_CONTEXT,
+                outcome="preempted" if ends else None,
+                before=inst,
+                after=new,
+                message=f"{why}: {state_name(inst.state)} mapped to {state_name((vm, task))}",
+            )
+            with anyio.CancelScope(shield=True):
+                await self._committer.persist(Write(instance=new, expected=inst, audit=(entry,)))
+            log.warning("%s: %s moved to %s", why, inst.uuid, state_name((vm, task)))
+
+    def _check_calls(self) -> None:
+        """Every call the lifecycle names is bound: a built-in one, or one of ``calls``."""
+        for action in self.lifecycle.actions:
+            for step in action.steps:
+                for call in (step.call, action.error_path(step).call):
+                    if call is not None and call not in self._calls:
+                        raise LifecycleError(
+                            f"action {action.name!r} step {step.task_state}: call {call!r} is "
+                            "not bound (pass it in Engine(calls=...))"
+                        )
 
     def _check_deadlines(self) -> None:
         """Power-off waits shutdown_timeout for the guest: its deadline must be longer."""
@@ -680,7 +815,7 @@ class Engine:
         nothing at all."""
         name = action.public_name
         for attempt in range(3):
-            inst = self._store.get(uuid)
+            inst = await self._own(action, uuid)
             if inst.vm_state is VmState.DELETED:
                 raise InstanceNotFound(uuid)
             self.policy.check(ctx, action, inst)
@@ -721,6 +856,23 @@ class Engine:
             self._start(handle, running_slot=True)
             return handle
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _own(self, action: Action, uuid: str) -> Instance:
+        """The instance, if this engine serves its host. Another engine's instance is read
+        again from storage (it may have moved here) and refused with :class:`WrongHost` —
+        unless the action is an evacuation, which is for a host whose engine is down."""
+        try:
+            inst = self._store.get(uuid)
+        except InstanceNotFound:
+            if self.config.hosts is None:
+                raise
+            inst = await self._store.refresh(uuid)  # created by another engine
+        if self.serves(inst.host):
+            return inst
+        inst = await self._store.refresh(uuid)
+        if self.serves(inst.host) or Precondition.HOST_DOWN in action.preconditions:
+            return inst
+        raise WrongHost(action.public_name, uuid, inst.host)
 
     async def _accepted_write(
         self, handle: ActionHandle, old: Instance | None, new: Instance
@@ -793,6 +945,9 @@ class Engine:
             extra["new_flavor"] = params["flavor"]  # resize_prep's payload carries it
         if "rescue_image" in action.params:
             extra["rescue_image_ref"] = params.get("rescue_image", inst.image)
+        for field in self.lifecycle.payload_fields(action):  # an added action's own fields
+            if field in params:
+                extra[field] = params[field]
         handle = ActionHandle(
             id=self._new_action_id(),
             action=action,
@@ -1039,7 +1194,7 @@ class Engine:
         return None
 
     async def _run_step(self, handle: ActionHandle, step: Step) -> dict[str, Any]:
-        if step.call is None and not self._hooks:
+        if step.call is None and not self._hooks and not self._after_hooks:
             return {}
         await self._flush(handle)
         run = StepRun(
@@ -1055,7 +1210,9 @@ class Engine:
         try:
             with self._deadline(step.deadline):
                 await self._run_hooks(handle, step)
-                return await CALLS[step.call](run) if step.call is not None else {}
+                changes = await self._calls[step.call](run) if step.call is not None else {}
+                await self._run_hooks(handle, step, after=changes)
+                return changes
         finally:
             CURRENT_CALL.reset(token)
         raise StepDeadlineExceeded(handle.action.name, _step_name(step), step.deadline)
@@ -1074,9 +1231,15 @@ class Engine:
             self._timers.cancel(timer)
 
     async def _run_hooks(
-        self, handle: ActionHandle, step: Step, *, error_path: bool = False
+        self,
+        handle: ActionHandle,
+        step: Step,
+        *,
+        error_path: bool = False,
+        after: Mapping[str, Any] | None = None,
     ) -> None:
-        if not self._hooks:
+        hooks = self._hooks if after is None else self._after_hooks
+        if not hooks:
             return
         info = StepInfo(
             handle.action.public_name,
@@ -1085,8 +1248,9 @@ class Engine:
             step.task_state,
             handle.inst,
             error_path,
+            after,
         )
-        for hook in self._hooks:
+        for hook in hooks:
             await hook(info)
 
     def _lost(self, handle: ActionHandle, exc: Conflict) -> IsmError:
@@ -1131,7 +1295,7 @@ class Engine:
             try:
                 with self._deadline(step.deadline) as scope:
                     await self._run_hooks(handle, step, error_path=True)
-                    changes.update(await CALLS[path.call](run))
+                    changes.update(await self._calls[path.call](run))
                 if scope.cancelled_caught:
                     raise StepDeadlineExceeded(action.name, _step_name(step), step.deadline)
             except Exception as cleanup:
@@ -1430,13 +1594,30 @@ class Engine:
 
     # -- hosts ------------------------------------------------------------------------------
 
+    def serves(self, host: str | None) -> bool:
+        """Whether this engine serves ``host`` (every host, unless ``Config.hosts`` names
+        them: several engines on one store, one per compute host)."""
+        hosts = self.config.hosts
+        return hosts is None or host in hosts
+
     async def _host_up(self, host: str | None) -> bool:
+        """A host of ours is up when its hypervisor answers; another engine's host is up
+        while that engine's heartbeat is younger than ``service_down_time`` (Nova's
+        servicegroup)."""
         if host is None:
             return False
+        if not self.serves(host):
+            beat = (await self._store.services()).get(host)
+            age = (self.clock.wall() - beat).total_seconds() if beat is not None else None
+            return age is not None and age < self.config.service_down_time
         for info in await self.driver.hosts():
             if info.name == host:
                 return info.up
         return False
+
+    async def _hosts(self) -> list[HostInfo]:
+        """The hypervisor's hosts this engine may place on."""
+        return [h for h in await self.driver.hosts() if self.serves(h.name)]
 
     async def _pick_host(
         self,
@@ -1447,7 +1628,7 @@ class Engine:
         exclude: Sequence[str] = (),
         claim: bool = True,
     ) -> str:
-        host = self._placement.pick(await self.driver.hosts(), flavor, force=force, exclude=exclude)
+        host = self._placement.pick(await self._hosts(), flavor, force=force, exclude=exclude)
         if claim:
             self._placement.claim(inst.uuid, (host, flavor))
         return host
@@ -1526,6 +1707,8 @@ class Engine:
         for inst in list(self._store.all()):
             if inst.task_state is None or inst.uuid in self._running:
                 continue
+            if not await self._recovers(inst):
+                continue  # another engine's: its own start recovers it
             power = await self._query_power(inst)
             rule = match_rule(inst.vm_state, inst.task_state, power or PowerState.NOSTATE)
             response = rule.response if rule is not None else Recovery.NOTHING
@@ -1547,6 +1730,16 @@ class Engine:
         self.recovery_seconds = anyio.current_time() - started
         assert self._tg is not None
         self._tg.start_soon(self._sync_all)
+
+    async def _recovers(self, inst: Instance) -> bool:
+        """Whether this engine's recovery takes ``inst`` up: its host is ours, or it has no
+        host yet and this engine accepted its action (the audit log's writer says so)."""
+        if inst.host is not None:
+            return self.serves(inst.host)
+        if self.config.hosts is None or inst.action_id is None:
+            return True
+        trail = await self._store.read_audit(action_id=inst.action_id, limit=1)
+        return not trail or trail[0].writer == self.config.service_host
 
     def _recovery_body(
         self,
@@ -1641,6 +1834,30 @@ class Engine:
 
     # -- the periodic power sync --------------------------------------------------------------
 
+    async def _heartbeat(self) -> None:
+        """Say that this engine's hosts are served, and arm the next heartbeat."""
+        now = self.clock.wall()
+        for host in self.config.hosts or ():
+            await self._store.heartbeat(host, now)
+        self._timers.call_at(
+            anyio.current_time() + self.config.report_interval, self._heartbeat_tick
+        )
+
+    def _heartbeat_tick(self) -> None:
+        if self._tg is not None and self._accepting:
+            self._tg.start_soon(self._beat_in_background)
+
+    async def _beat_in_background(self) -> None:
+        scope = anyio.CancelScope()
+        self._background.add(scope)
+        try:
+            with scope:
+                await self._heartbeat()
+        except StoreError as exc:  # the next beat retries; a host stays up for a while
+            log.warning("heartbeat failed: %s", exc)
+        finally:
+            self._background.discard(scope)
+
     def _arm_sync(self) -> None:
         interval = self.config.sync_power_state_interval
         if interval < 0:
@@ -1670,6 +1887,8 @@ class Engine:
                     if not self._accepting:
                         return
                     if inst.task_state is not None or inst.vm_state is VmState.DELETED:
+                        continue
+                    if not self.serves(inst.host):
                         continue
                     power = await self._query_power(inst)
                     if power is not None:
@@ -1708,6 +1927,19 @@ class Engine:
             return
         running = ", ".join(f"{h.name}@{h.uuid}" for h in list(self._running.values())[:10])
         raise WaitTimeout(f"{self._active} actions still run after {timeout:g} s: {running}")
+
+    async def wait_delivered(self, timeout: float) -> None:
+        """Wait until every committed notification reached every sink and transport.
+
+        Raises:
+            WaitTimeout: some are still undelivered after ``timeout`` (a destination is down).
+        """
+        with anyio.move_on_after(timeout):
+            await self._outbox.wait_delivered()
+            return
+        raise WaitTimeout(
+            f"{self._outbox.backlog} notifications still undelivered after {timeout:g} s"
+        )
 
     async def wait_for_state(self, uuid: str, *, timeout: float, **expected: Any) -> Instance:
         """Wait, driven by commits and never by polling, until the named fields match.

@@ -12,6 +12,7 @@
     │   │   └── DuplicateRequest    the request id was already accepted (idempotency)
     │   ├── InstanceNotFound        no such instance (also LookupError)
     │   ├── InvalidRequest          malformed parameters (also ValueError)
+    │   ├── WrongHost               the instance is another engine's (route it there)
     │   ├── EngineClosed            the engine is not running or is draining
     │   └── Busy                    a bound was reached (actions in flight); try again later
     ├── ActionFailed                accepted, then failed; ``__cause__`` is the driver's error
@@ -77,6 +78,7 @@ __all__ = [
     "UnsupportedOperation",
     "WaitTimeout",
     "WatchOverflow",
+    "WrongHost",
 ]
 
 
@@ -161,6 +163,23 @@ class InstanceNotFound(ActionRefused, LookupError):
 
 class InvalidRequest(ActionRefused, ValueError):
     """The action's parameters are malformed or unknown."""
+
+
+class WrongHost(ActionRefused):
+    """The instance lives on a host another engine serves: send the request to that engine.
+
+    Attributes:
+        host: The host whose engine serves the instance.
+    """
+
+    def __init__(self, action: str, instance: str, host: str | None) -> None:
+        self.host = host
+        super().__init__(
+            f"Instance {instance} is on host {host!r}, which another engine serves: send "
+            f"'{action}' to that host's engine",
+            action=action,
+            instance=instance,
+        )
 
 
 class EngineClosed(ActionRefused):

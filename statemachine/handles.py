@@ -83,11 +83,15 @@ class StepInfo:
     instance: Instance
     error_path: bool = False
     """True when the hook runs before a failed step's clean-up call (its error path)."""
+    changes: Mapping[str, Any] | None = None
+    """For an after-step hook: the record fields the step's call returned (to be committed);
+    None before the call."""
 
 
 StepHook = Callable[[StepInfo], Awaitable[None]]
-"""An async callable run at the start of every step, inside the step's deadline. Raising fails
-the step (down its error path, like a driver error); waiting holds the action at that step."""
+"""An async callable run at the start of every step (``hooks``) or after its call returned
+(``after_hooks``), inside the step's deadline. Raising fails the step (down its error path,
+like a driver error); waiting holds the action at that step."""
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ from .redact import scrub
 if TYPE_CHECKING:
     from .sinks import Sink
 
-__all__ = ["PAYLOAD_CLASSES", "Notification", "Notifier", "NotifySettings"]
+__all__ = ["PAYLOAD_CLASSES", "Notification", "Notifier", "NotifySettings", "payload_schemas"]
 
 
 @attrs.frozen(kw_only=True)
@@ -88,6 +88,7 @@ PAYLOAD_CLASSES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "exists": ("InstanceExistsPayload", "2.1", ()),
 }
 DEFAULT_PAYLOAD = ("InstanceActionPayload", "1.9", ("fault",))
+_BUILT_IN_FIELDS = frozenset({"fault", "new_flavor", "rescue_image_ref", "snapshot_image_id"})
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -110,6 +111,7 @@ class Notifier:
         wall: Callable[[], dt.datetime],
         new_id: Callable[[], str],
         service_host: str = "ism",
+        payload_classes: Mapping[str, tuple[str, str, tuple[str, ...]]] | None = None,
     ) -> None:
         self.settings = settings
         self.sinks = list(sinks)
@@ -122,6 +124,7 @@ class Notifier:
         self._publisher = "nova-compute" if ns == "nova" else "ism-compute"
         self._sequence: dict[str, int] = {}
         self._flavors: dict[Flavor, dict[str, Any]] = {}
+        self._classes = {**PAYLOAD_CLASSES, **(payload_classes or {})}
 
     def _object(self, name: str, version: str, data: dict[str, Any]) -> dict[str, Any]:
         k_name, k_ns, k_version, k_data = self._keys
@@ -199,7 +202,7 @@ class Notifier:
         fault: Fault | None,
         extra: Mapping[str, Any],
     ) -> dict[str, Any]:
-        name, version, fields = PAYLOAD_CLASSES.get(base, DEFAULT_PAYLOAD)
+        name, version, fields = self._classes.get(base, DEFAULT_PAYLOAD)
         data = self._instance(inst, ctx)
         if "fault" in fields:
             data["fault"] = self._fault(fault) if fault is not None else None
@@ -215,6 +218,10 @@ class Notifier:
             data["rescue_image_ref"] = extra.get("rescue_image_ref")
         if "snapshot_image_id" in fields:
             data["snapshot_image_id"] = extra.get("snapshot_image_id")
+        for field in fields:  # an added event's own fields: what the action was given
+            if field not in _BUILT_IN_FIELDS:
+                value = extra.get(field)
+                data[field] = self._flavor(value) if isinstance(value, Flavor) else value
         if base == "rebuild":
             data["trusted_image_certificates"] = None
         if base in ("update", "exists"):
@@ -321,3 +328,63 @@ class Notifier:
         if update is None:
             return None
         return self.emit("update", new, ctx=ctx, state_update=update)
+
+
+def payload_schemas(
+    payload_classes: Mapping[str, tuple[str, str, tuple[str, ...]]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every payload class ism emits, nested ones included: its version and its fields, read
+    from notifications actually built (one source of truth: the builder itself).
+
+    A test compares this with a committed snapshot and enforces Nova's policy: a payload's
+    fields change only with its version, minor for additions, major for removals.
+    """
+    from drivers.base import PowerState
+
+    from .states import TaskState, VmState
+
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    flavor = Flavor(vcpus=1, memory_mb=512, root_gb=1)
+    inst = Instance(
+        uuid="00000000-0000-4000-8000-000000000000", name="vm", user_id="u", project_id="p",
+        flavor=flavor, image="img", vm_state=VmState.ACTIVE, task_state=TaskState.REBOOTING,
+        power_state=PowerState.RUNNING, created_at=when, updated_at=when,
+    )  # fmt: skip
+    notifier = Notifier(
+        settings=NotifySettings(notify_on_state_change="vm_and_task_state"),
+        sinks=[],
+        wall=lambda: when,
+        new_id=lambda: "id",
+        payload_classes=payload_classes,
+    )
+    fault = Fault("E", "m", "reboot", None, when)
+    ctx = RequestContext(user_id="u", project_id="p")
+    extra = {"new_flavor": flavor}
+    built = [notifier.build(f"{base}.error", inst, ctx=ctx, fault=fault, extra=extra)
+             for base in notifier._classes]  # fmt: skip
+    built.append(notifier.build("stop.error", inst, ctx=ctx, fault=fault))
+    built.append(
+        notifier.build("update", inst, ctx=ctx, state_update=notifier.state_update(inst, inst))
+    )
+    schemas: dict[str, dict[str, Any]] = {}
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Mapping):
+            name = next((v for k, v in obj.items() if k.endswith("_object.name")), None)
+            if name is not None:
+                version = next(v for k, v in obj.items() if k.endswith("_object.version"))
+                data = next(v for k, v in obj.items() if k.endswith("_object.data"))
+                known = schemas.setdefault(name, {"version": version, "fields": set()})
+                known["fields"] |= set(data)
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    for n in built:
+        walk(n.payload)
+    return {
+        name: {"version": s["version"], "fields": sorted(s["fields"])}
+        for name, s in sorted(schemas.items())
+    }

@@ -21,6 +21,7 @@ import attrs
 
 from drivers.base import Driver
 
+from ._calls import StepCall
 from ._schema import Action, Concurrency, ErrorTo, Lifecycle, Precondition, Transition, state_name
 from .clock import VirtualClock
 from .config import Config
@@ -287,11 +288,15 @@ async def run_path(
     check: Check | None = None,
     config: Config | None = None,
     lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+    calls: Mapping[str, StepCall] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Counter[tuple[str, str, str]]:
     """Replay ``path`` on a fresh engine over ``driver``; return the transitions it applied.
 
     ``check`` runs after the path with the engine and the instance's uuid, for assertions of
-    the caller's own (the engine is still running then, with nothing in flight).
+    the caller's own (the engine is still running then, with nothing in flight). ``params``
+    gives, by action name, the parameters of actions the path generator does not know (an
+    added action's ``volume_id``).
     """
     director = _Director()
     engine = Engine(
@@ -300,9 +305,10 @@ async def run_path(
         hooks=[director],
         clock=VirtualClock(),
         lifecycle=lifecycle,
+        calls=calls,
     )
     async with engine:
-        uuid = await _replay(engine, director, path, driver, control)
+        uuid = await _replay(engine, director, path, driver, control, params or {})
         await engine.wait_idle(timeout=86400)
         if check is not None:
             await check(engine, uuid)
@@ -315,6 +321,7 @@ async def _replay(
     path: CoveringPath,
     driver: Driver,
     control: SimulatorControl,
+    given: Mapping[str, Mapping[str, Any]],
 ) -> str:
     lc = engine.lifecycle
     uuid: str | None = None
@@ -333,6 +340,7 @@ async def _replay(
             params = {"flavor": FLAVORS[1] if small else FLAVORS[0]}
         if action.variant is not None:
             params["type"] = action.variant
+        params.update(given.get(action.name, {}))
         director.fail = (_key(action), step.fail) if step.fail is not None else None
         director.before_fail = None
         director.fail_cleanup = _key(action) if step.cleanup_fails else None
@@ -429,6 +437,8 @@ async def run_covering_paths(
     check: Check | None = None,
     config: Config | None = None,
     lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+    calls: Mapping[str, StepCall] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> PathCoverage:
     """Replay every covering path of ``lifecycle``, each on a fresh engine and driver.
 
@@ -440,8 +450,11 @@ async def run_covering_paths(
         control: The host and guest controls for a driver; by default the driver itself,
             which must then have them (the simulator does).
         check: Assertions of your own, run after each path with the engine and the uuid.
-        config: The engine's configuration for every path.
+        config: The engine's configuration for every path; by default Nova's, but with
+            ``shelved_offload_time=-1``, since the paths offload a shelved instance themselves.
         lifecycle: The table whose transitions are planned and counted.
+        calls: The lifecycle's own calls, for actions an embedding service added.
+        params: Parameters by action name for actions the generator does not know.
 
     Returns:
         The coverage: which transitions fired, how often, and which did not.
@@ -451,6 +464,7 @@ async def run_covering_paths(
         AssertionError: a path went another way than planned, or ``check`` failed.
     """
     applied: Counter[tuple[str, str, str]] = Counter()
+    config = config or Config(shelved_offload_time=-1)
     paths = covering_paths(lifecycle)
     for path in paths:
         made = driver()
@@ -470,6 +484,8 @@ async def run_covering_paths(
                 check=check,
                 config=config,
                 lifecycle=lifecycle,
+                calls=calls,
+                params=params,
             )
         )
     expected = frozenset(

@@ -32,6 +32,7 @@ from .engine import ActionHandle, Engine
 from .errors import ActionRefused, InvalidRequest
 from .lifecycle import DEFAULT_LIFECYCLE
 from .model import RequestContext
+from .outbox import Transport
 from .sinks import Notification, Sink
 from .states import VmState
 from .store import Store
@@ -178,6 +179,7 @@ class _Fleet:
         group_commit: bool = True,
         resume: bool = False,
         on_ready: Callable[[int, float], None] | None = None,
+        transports: Sequence[Transport] = (),
     ) -> None:
         self.resume = resume
         self.on_ready = on_ready
@@ -225,6 +227,7 @@ class _Fleet:
             clock=VirtualClock(),
             seed=seed,
             store=store,
+            transports=transports,
         )
         self.latencies: list[float] = []
         self.uuids: list[str] = []
@@ -445,6 +448,7 @@ def simulate(
     group_commit: bool = True,
     resume: bool = False,
     on_ready: Callable[[int, float], None] | None = None,
+    transports: Sequence[Transport] = (),
 ) -> FleetReport:
     """Run a fleet on virtual time and return what happened.
 
@@ -455,7 +459,8 @@ def simulate(
     continues an interrupted run on ``store``: recovery takes up what it left mid-action, the
     simulated hypervisor gets back the guests the store records, the virtual clock continues
     from the last commit, and each instance continues its walk. ``on_ready(recovered,
-    seconds)`` is told as soon as the engine accepts actions.
+    seconds)`` is told as soon as the engine accepts actions; ``transports`` publish every
+    notification too (``--notify amqp://…``).
     """
     start = 0.0
     if resume:
@@ -472,6 +477,7 @@ def simulate(
         group_commit=group_commit,
         resume=resume,
         on_ready=on_ready,
+        transports=transports,
     )
     if on_engine is not None:
         on_engine(fleet.engine)

@@ -17,7 +17,6 @@ from statemachine.clock import (
     SystemClock,
     VirtualClock,
     VirtualTimeLoop,
-    hold_clock,
     is_virtual,
     run_virtual,
     to_thread,
@@ -172,35 +171,6 @@ def test_idle_loop_waits_for_real_io() -> None:
         timer.start()
         try:
             assert run_virtual(main) == b"ping"
-        finally:
-            timer.join()
-
-
-def test_a_held_clock_waits_for_real_io_though_a_timer_is_pending() -> None:
-    """Inside hold_clock a pending timer does not make the clock jump while a socket's answer
-    takes real time (a database round trip); outside it, the same wait jumps to the timer."""
-    reader, writer = socket.socketpair()
-
-    async def main() -> tuple[float, float]:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.sleep, 5.0)  # the timer the clock would jump to
-            start = anyio.current_time()
-            with hold_clock():
-                assert _loop().offloaded == 1
-                await anyio.wait_readable(reader)
-            held = anyio.current_time() - start
-            assert reader.recv(16) == b"ping"
-            with anyio.move_on_after(1.0):
-                await anyio.wait_readable(reader)  # nothing comes: the clock jumps instead
-            unheld = anyio.current_time() - start
-            tg.cancel_scope.cancel()
-        return held, unheld
-
-    timer = threading.Timer(0.05, writer.send, (b"ping",))
-    with reader, writer:
-        timer.start()
-        try:
-            assert run_virtual(main) == (0.0, 1.0)
         finally:
             timer.join()
 

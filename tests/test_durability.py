@@ -384,8 +384,9 @@ def test_the_schema_migrates_step_by_step_and_refuses_newer(tmp_path: Path) -> N
     """A version-1 file gains version 2's change on open; a file newer than ism is refused;
     a failing step is rolled back and leaves the previous version."""
     db = tmp_path / "ism.db"
-    extra = Migration(2, "a test column", ("ALTER TABLE instances ADD COLUMN note TEXT",))
-    broken = Migration(3, "a bad step", ("CREATE TABLE x (a)", "NOT SQL AT ALL"))
+    latest = MIGRATIONS[-1].version
+    extra = Migration(latest + 1, "a test column", ("ALTER TABLE instances ADD COLUMN note TEXT",))
+    broken = Migration(latest + 2, "a bad step", ("CREATE TABLE x (a)", "NOT SQL AT ALL"))
 
     async def main() -> None:
         store = SqliteStore(db)
@@ -396,12 +397,12 @@ def test_the_schema_migrates_step_by_step_and_refuses_newer(tmp_path: Path) -> N
         await store.close()
         with pytest.raises(StoreError, match="newer than this ism"):
             await SqliteStore(db).open(writer="a")
-        with pytest.raises(StoreError, match="migration to version 3 failed"):
+        with pytest.raises(StoreError, match=f"migration to version {latest + 2} failed"):
             await SqliteStore(db, migrations=(*MIGRATIONS, extra, broken)).open(writer="a")
 
     run_virtual(main)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS[-1].version + 1
     columns = [row[1] for row in conn.execute("PRAGMA table_info(instances)")]
     assert "note" in columns
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'x'").fetchone() is None

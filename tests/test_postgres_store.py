@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import sys
 import threading
@@ -15,8 +16,8 @@ import asyncpg
 import attrs
 import pytest
 
-from statemachine.clock import hold_clock, run_virtual
-from statemachine.errors import Conflict, DuplicateRequest, StoreError
+from statemachine.clock import real_time, run_virtual
+from statemachine.errors import Conflict, DuplicateRequest, InstanceNotFound, StoreError
 from statemachine.store import PostgresStore, RequestRecord, Write, open_store
 from statemachine.store._postgres_schema import MIGRATIONS, advisory_key
 from statemachine.store._sqlite_schema import Migration
@@ -52,7 +53,7 @@ async def _sql(url: str, statement: str, *, script: bool = False) -> object:
     """Run one statement (or a ``script`` of several) in the schema, as its owner would, not
     through the store; return the first value of a statement."""
     schema = PostgresStore(url).schema
-    with hold_clock():  # a real round trip: the virtual clock must not jump meanwhile
+    with real_time():  # a real round trip: the virtual clock must not jump meanwhile
         conn = await asyncpg.connect(SERVER, server_settings={"search_path": schema})
         try:
             if script:
@@ -118,7 +119,7 @@ def test_a_killed_engine_releases_its_writer_name(pg_url: str) -> None:
     async def reopen() -> None:
         # wait (bounded by the server's statement_timeout) until the dead session is gone
         key = advisory_key("writer", PostgresStore(pg_url).schema, "compute1")
-        with hold_clock():
+        with real_time():
             conn = await asyncpg.connect(SERVER, server_settings={"statement_timeout": "10000"})
             try:
                 await conn.execute("SELECT pg_advisory_lock($1)", key)
@@ -173,8 +174,8 @@ def test_each_engine_delivers_its_own_outbox(pg_url: str) -> None:
         first, second = note(one), note(two)
         assert await a.persist([Write(instance=one, notifications=(first,))]) == [None]
         assert await b.persist([Write(instance=two, notifications=(second,))]) == [None]
-        assert [n.message_id for n in await a.unsent(10)] == [first.message_id]
-        assert [n.message_id for n in await b.unsent(10)] == [second.message_id]
+        assert [n.message_id for _, n in await a.unsent(10)] == [first.message_id]
+        assert [n.message_id for _, n in await b.unsent(10)] == [second.message_id]
         await a.persist([], sent=[first.message_id])
         assert await a.unsent(10) == []
         assert await a.outbox_counts() == (2, 1)
@@ -223,20 +224,22 @@ def _row_locked(url: str, uuid: str, seconds: float) -> Iterator[None]:
         assert not failure, failure
 
 
-def test_virtual_time_holds_still_while_the_server_works(pg_url: str) -> None:
-    """A commit that waits 0.3 s (real) for a row lock does not let the virtual clock jump to
-    a pending timer; the server's statement_timeout is what bounds such a wait."""
+def test_virtual_time_flows_with_real_time_while_the_server_works(pg_url: str) -> None:
+    """A commit that waits 0.3 s (real) for a row lock lets the virtual clock move by about
+    that, not jump to a timer 10 s away; the server's statement_timeout bounds such a wait."""
 
     async def main() -> None:
         store = await _opened(pg_url, "compute1")
         await _insert(store)
         with _row_locked(pg_url, UUID, 0.3):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(anyio.sleep, 1.0)  # a timer the clock would jump to
+                tg.start_soon(anyio.sleep, 10.0)  # a timer the clock would jump to
                 virtual, real = anyio.current_time(), time.monotonic()
                 assert await _stop(store) is None
-                assert anyio.current_time() == virtual
-                assert time.monotonic() - real >= 0.2
+                moved, waited = anyio.current_time() - virtual, time.monotonic() - real
+                assert waited >= 0.2
+                assert moved <= waited + 0.01  # flowed with real time, never jumped
+                tg.cancel_scope.cancel()
         impatient = await _opened(pg_url, "compute2", statement_timeout=0.1)
         with _row_locked(pg_url, UUID, 1.0):
             old = impatient.get(UUID)  # current: its swap would win, after the lock
@@ -249,11 +252,11 @@ def test_virtual_time_holds_still_while_the_server_works(pg_url: str) -> None:
 
 
 def test_the_schema_migrates_step_by_step_and_refuses_newer(pg_url: str) -> None:
-    """A version-1 schema gains version 2's change on open; a schema newer than ism is
-    refused, by writers and readers; a failing step is rolled back, leaving the previous
-    version."""
-    extra = Migration(2, "a test column", ("ALTER TABLE instances ADD COLUMN note TEXT",))
-    broken = Migration(3, "a bad step", ("CREATE TABLE x (a int)", "NOT SQL AT ALL"))
+    """A schema gains a new step's change on open; a schema newer than ism is refused, by
+    writers and readers; a failing step is rolled back, leaving the previous version."""
+    latest = MIGRATIONS[-1].version
+    extra = Migration(latest + 1, "a column", ("ALTER TABLE instances ADD COLUMN note TEXT",))
+    broken = Migration(latest + 2, "a bad step", ("CREATE TABLE x (a int)", "NOT SQL AT ALL"))
 
     async def main() -> None:
         store = await _opened(pg_url, "a")
@@ -262,11 +265,11 @@ def test_the_schema_migrates_step_by_step_and_refuses_newer(pg_url: str) -> None
         await store.close()
         with pytest.raises(StoreError, match="newer than this ism"):
             await _opened(pg_url, "a")
-        with pytest.raises(StoreError, match="this ism reads 1"):
+        with pytest.raises(StoreError, match=f"this ism reads {latest}"):
             await PostgresStore(pg_url, readonly=True).open(writer="cli")
-        with pytest.raises(StoreError, match="migration to version 3 failed"):
+        with pytest.raises(StoreError, match=f"migration to version {latest + 2} failed"):
             await _opened(pg_url, "a", migrations=(*MIGRATIONS, extra, broken))
-        assert await _sql(pg_url, "SELECT MAX(version) FROM ism_migrations") == 2
+        assert await _sql(pg_url, "SELECT MAX(version) FROM ism_migrations") == latest + 1
         assert await _sql(
             pg_url,
             "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
@@ -437,5 +440,39 @@ def test_a_lost_connection_is_a_one_line_store_error(pg_url: str) -> None:
         assert "\n" not in str(caught.value)
         assert (store._chain.wseq if store._chain else None) == wseq
         await store.close()
+
+    run_virtual(main)
+
+
+def test_refresh_heartbeats_and_meta_are_shared_by_the_engines(pg_url: str) -> None:
+    """refresh() brings another engine's change into the working set (never an older one);
+    heartbeats and meta values written by one engine are read by another."""
+
+    async def main() -> None:
+        a = await _opened(pg_url, "compute1")
+        await _insert(a)
+        b = await _opened(pg_url, "compute2")
+        assert await _stop(a) is None
+        assert b.get(UUID).task_state is None
+        assert await b.refresh(UUID) == a.get(UUID)
+        assert b.get(UUID) == a.get(UUID)
+        with pytest.raises(InstanceNotFound):
+            await b.refresh("00000000-0000-4000-8000-0000000000ff")
+        at = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+        await a.heartbeat("compute1", at)
+        await b.heartbeat("compute2", at)
+        await a.heartbeat("compute1", at + dt.timedelta(seconds=10))
+        assert await b.services() == {"compute1": at + dt.timedelta(seconds=10), "compute2": at}
+        assert await b.get_meta("lifecycle") is None
+        await a.set_meta("lifecycle", "v1")
+        await a.set_meta("lifecycle", "v2")
+        assert await b.get_meta("lifecycle") == "v2"
+        reader = PostgresStore(pg_url, readonly=True)
+        await reader.open(writer="cli")
+        with pytest.raises(StoreError, match="read-only"):
+            await reader.heartbeat("cli", at)
+        await reader.close()
+        await a.close()
+        await b.close()
 
     run_virtual(main)

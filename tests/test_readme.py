@@ -63,10 +63,14 @@ def test_python_example_prints_what_the_readme_says(example: tuple[str, str]) ->
 
 @pytest.mark.parametrize("block", _commands(), ids=lambda b: " ".join(b[0])[:40])
 def test_console_example_succeeds(
-    block: list[list[str]], capsys: pytest.CaptureFixture[str]
+    block: list[list[str]], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """Each ``$ ism …`` line of the README exits 0, run in its block's order."""
     for argv in block:
+        # the README's /tmp/ files go to this test's own directory: each run starts from fresh
+        # stores (a second simulation into one store would add a second 'vm5'), and worktrees
+        # testing at once on one machine do not open each other's stores
+        argv = [arg.replace("/tmp/", f"{tmp_path}/") for arg in argv]
         assert main(argv) == 0, f"ism {' '.join(argv)}: {capsys.readouterr().err}"
 
 

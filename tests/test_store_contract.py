@@ -110,7 +110,7 @@ async def test_a_lost_unit_rolls_back_alone(kit: StoreKit) -> None:
     audit = await store.read_audit()
     assert [r.get("instance")[-1] for r in audit] == ["1", "2", "3", "1", "3"]
     unsent = await store.unsent(10)
-    assert [n.instance_uuid[-1] for n in unsent] == ["1", "3"]
+    assert [n.instance_uuid[-1] for _, n in unsent] == ["1", "3"]
     assert (await store.verify(key=KEY)).ok
     await store.close()
 
@@ -186,13 +186,16 @@ async def test_outbox_holds_messages_until_marked_sent(kit: StoreKit) -> None:
     store.stage(None, inst)
     first, second = note(inst), note(inst, "power_off.end")
     await store.persist([Write(instance=inst, notifications=(first, second))])
-    assert [n.message_id for n in await store.unsent(10)] == [first.message_id, second.message_id]
-    assert (await store.unsent(1))[0] == first
+    rows = await store.unsent(10)
+    assert [n.message_id for _, n in rows] == [first.message_id, second.message_id]
+    assert rows[0][0] < rows[1][0]  # positions, in commit order
+    assert (await store.unsent(1))[0][1] == first
+    assert [n for _, n in await store.unsent(10, after=rows[0][0])] == [second]
     await store.persist([], sent=[first.message_id])
-    assert [n.message_id for n in await store.unsent(10)] == [second.message_id]
+    assert [n.message_id for _, n in await store.unsent(10)] == [second.message_id]
     store = await kit.reopen(store)
     await store.open(writer=WRITER)
-    assert [n.message_id for n in await store.unsent(10)] == [second.message_id]
+    assert [n.message_id for _, n in await store.unsent(10)] == [second.message_id]
     assert store.last_sequences()[inst.uuid] == second.sequence
     await store.close()
 

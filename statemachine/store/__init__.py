@@ -18,6 +18,7 @@ host; asyncpg is an optional extra). The same contract suite runs against every 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -144,8 +145,9 @@ class Store(Protocol):
         """The action a request id started, if it was accepted."""
         ...
 
-    async def unsent(self, limit: int) -> list[Notification]:
-        """Outbox messages not yet marked sent, oldest first."""
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
+        """Outbox messages not yet marked sent, oldest first, each with its outbox position;
+        ``after`` is an exclusive position (a cursor for reading on)."""
         ...
 
     def last_sequences(self) -> dict[str, int]:
@@ -154,6 +156,27 @@ class Store(Protocol):
 
     def user_data(self, uuid: str) -> str | None:
         """The user_data an instance was created with, if any."""
+        ...
+
+    async def refresh(self, uuid: str) -> Instance:
+        """The record as storage holds it now, put in the working set (another engine may
+        have changed it); :class:`InstanceNotFound` when there is none."""
+        ...
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        """Record that the engine serving ``host`` is alive at ``at``."""
+        ...
+
+    async def services(self) -> dict[str, dt.datetime]:
+        """Each host's last heartbeat."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value the engine keeps about the store (the lifecycle that wrote it)."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key``."""
         ...
 
 

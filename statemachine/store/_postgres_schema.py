@@ -101,6 +101,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "the engines serving a fleet's hosts and their heartbeats",
+        (
+            """CREATE TABLE services (
+                host TEXT PRIMARY KEY,
+                heartbeat_at TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
 )
 
 _VERSIONS = """CREATE TABLE IF NOT EXISTS ism_migrations (

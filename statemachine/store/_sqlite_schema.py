@@ -91,6 +91,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "the engines serving a fleet's hosts and their heartbeats",
+        (
+            """CREATE TABLE services (
+                host TEXT PRIMARY KEY,
+                heartbeat_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -8,7 +8,8 @@ verifies like a durable one, an outbox, the request-id index. Audit records are 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import datetime as dt
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..audit import (
@@ -20,9 +21,10 @@ from ..audit import (
     sign_head,
     verify_records,
 )
-from ..errors import Conflict, DuplicateRequest, InstanceNotFound, InvalidRequest
+from ..errors import Conflict, DuplicateRequest, InvalidRequest
 from ..model import Instance
 from . import RequestRecord, Write
+from ._working import WorkingSet
 
 if TYPE_CHECKING:
     from ..notify import Notification
@@ -30,21 +32,24 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(WorkingSet):
     """A dict of records, a list of audit entries, an outbox list. Swaps cannot interleave:
     there is no await between a check and its write."""
 
     durable = False
 
     def __init__(self, *, hmac_key: bytes | None = None) -> None:
-        self._records: dict[str, Instance] = {}
+        super().__init__()
         self._entries: list[AuditEntry] = []
         self._sealed: list[AuditRecord] = []
         self._chain: AuditChain | None = None
         self._requests: dict[str, RequestRecord] = {}
-        self._outbox: dict[str, Notification] = {}
+        self._outbox: dict[str, tuple[int, Notification]] = {}
+        self._outbox_seq = 0
         self._sequences: dict[str, int] = {}
         self._user_data: dict[str, str] = {}
+        self._heartbeats: dict[str, dt.datetime] = {}
+        self._meta: dict[str, str] = {}
         self._key = hmac_key
         self._generation = 0
 
@@ -63,15 +68,6 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to release."""
 
-    def get(self, uuid: str) -> Instance:
-        try:
-            return self._records[uuid]
-        except KeyError:
-            raise InstanceNotFound(uuid) from None
-
-    def all(self) -> Iterator[Instance]:
-        return iter(list(self._records.values()))
-
     def __len__(self) -> int:
         return len(self._records)
 
@@ -82,21 +78,6 @@ class MemoryStore:
             raise Conflict(clash[0] if clash else "batch", {"exists": False}, {"exists": True})
         for record in records:
             self._records[record.uuid] = record
-
-    def stage(self, expected: Instance | None, new: Instance) -> None:
-        current = self._records.get(new.uuid)
-        if expected is None:
-            if current is not None:
-                raise Conflict(new.uuid, {"exists": False}, {"exists": True})
-        elif current is None:
-            raise InstanceNotFound(new.uuid)
-        elif current.version != expected.version or current.task_state != expected.task_state:
-            raise Conflict(
-                new.uuid,
-                {"version": expected.version, "task_state": expected.task_state},
-                {"version": current.version, "task_state": current.task_state},
-            )
-        self._records[new.uuid] = new
 
     async def persist(
         self, writes: Sequence[Write], *, sent: Sequence[str] = ()
@@ -119,7 +100,8 @@ class MemoryStore:
                 self._requests[write.request.request_id] = write.request
             self._entries.extend(write.audit)
             for n in write.notifications:
-                self._outbox[n.message_id] = n
+                self._outbox_seq += 1
+                self._outbox[n.message_id] = (self._outbox_seq, n)
                 self._sequences[n.instance_uuid] = n.sequence
             results.append(None)
         for message_id in sent:
@@ -206,11 +188,26 @@ class MemoryStore:
     async def find_request(self, request_id: str) -> RequestRecord | None:
         return self._requests.get(request_id)
 
-    async def unsent(self, limit: int) -> list[Notification]:
-        return list(self._outbox.values())[:limit]
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
+        return [row for row in self._outbox.values() if row[0] > after][:limit]
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)
 
     def user_data(self, uuid: str) -> str | None:
         return self._user_data.get(uuid)
+
+    async def refresh(self, uuid: str) -> Instance:
+        return self.get(uuid)  # the working set is the storage
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        self._heartbeats[host] = at
+
+    async def services(self) -> dict[str, dt.datetime]:
+        return dict(self._heartbeats)
+
+    async def get_meta(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        self._meta[key] = value

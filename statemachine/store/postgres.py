@@ -29,6 +29,7 @@ asyncpg is an optional extra (``pip install 'ism-engine[postgres]'``), imported 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
 import urllib.parse
@@ -47,13 +48,14 @@ from ..audit import (
     sign_head,
     verify_records,
 )
-from ..clock import hold_clock, to_thread
+from ..clock import real_time, to_thread
 from ..errors import Conflict, DuplicateRequest, InstanceNotFound, StoreError
 from ..model import Instance
 from . import RequestRecord, Write
 from ._codec import dumps_instance, loads_instance
 from ._postgres_schema import MIGRATIONS, advisory_key, migrate, schema_version
 from ._sqlite_schema import Migration
+from ._working import WorkingSet
 
 if TYPE_CHECKING:
     import asyncpg
@@ -159,7 +161,7 @@ def _split_url(url: str) -> tuple[str, str | None, str]:
     return dsn, (schemas[-1] if schemas else None), urllib.parse.urlunsplit(shown)
 
 
-class PostgresStore:
+class PostgresStore(WorkingSet):
     """Instances, audit log, outbox and request ids in one PostgreSQL schema, shared by engines.
 
     Args:
@@ -171,8 +173,7 @@ class PostgresStore:
         schema: The schema, overriding the URL's.
         statement_timeout: Seconds the server lets one statement run (waiting for a row lock
             included) before it cancels it: the bound on every round trip.
-        connect_timeout: Seconds to connect (measured by the loop; on a virtual-time loop the
-            clock is held, so there the kernel's TCP timeouts bound a connect).
+        connect_timeout: Seconds to connect (real seconds, on a virtual-time loop too).
         migrations: The schema steps (tests pass their own to exercise migration).
 
     Raises:
@@ -206,10 +207,10 @@ class PostgresStore:
         self._statement_ms = max(1, int(statement_timeout * 1000))
         self._connect_timeout = connect_timeout
         self._migrations = tuple(migrations)
+        super().__init__()
         self._conn: asyncpg.Connection | None = None
         self._lock: anyio.Lock | None = None
         self._writer = ""
-        self._records: dict[str, Instance] = {}
         self._chain: AuditChain | None = None
         self._sequences: dict[str, int] = {}
         self._user_data: dict[str, str] = {}
@@ -244,7 +245,7 @@ class PostgresStore:
         }
         if self.readonly:
             settings["default_transaction_read_only"] = "on"
-        with anyio.CancelScope(shield=True), hold_clock():
+        with anyio.CancelScope(shield=True), real_time():
             try:
                 self._conn = await asyncpg.connect(
                     self._dsn, timeout=self._connect_timeout, server_settings=settings
@@ -306,7 +307,7 @@ class PostgresStore:
         self._sequences = {uuid: int(n) for uuid, n in sequences}
 
     async def close(self) -> None:
-        with anyio.CancelScope(shield=True), hold_clock():
+        with anyio.CancelScope(shield=True), real_time():
             if self._lock is None:
                 await self._disconnect()
                 return
@@ -332,7 +333,7 @@ class PostgresStore:
             raise StoreError(f"{self} is not open")
         if write and self.readonly:
             raise StoreError(f"{self} is open read-only")
-        with anyio.CancelScope(shield=True), hold_clock():
+        with anyio.CancelScope(shield=True), real_time():
             async with self._lock:
                 if self._conn is None:
                     raise StoreError(f"{self} is not open")
@@ -340,32 +341,6 @@ class PostgresStore:
                     yield self._conn
                 except _failures() as exc:
                     raise StoreError(f"{what} {self} failed: {_line(exc)}") from exc
-
-    # -- the working set ----------------------------------------------------------------------
-
-    def get(self, uuid: str) -> Instance:
-        try:
-            return self._records[uuid]
-        except KeyError:
-            raise InstanceNotFound(uuid) from None
-
-    def all(self) -> Iterator[Instance]:
-        return iter(list(self._records.values()))
-
-    def stage(self, expected: Instance | None, new: Instance) -> None:
-        current = self._records.get(new.uuid)
-        if expected is None:
-            if current is not None:
-                raise Conflict(new.uuid, {"exists": False}, {"exists": True})
-        elif current is None:
-            raise InstanceNotFound(new.uuid)
-        elif current.version != expected.version or current.task_state != expected.task_state:
-            raise Conflict(
-                new.uuid,
-                {"version": expected.version, "task_state": expected.task_state},
-                {"version": current.version, "task_state": current.task_state},
-            )
-        self._records[new.uuid] = new
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -598,24 +573,65 @@ class PostgresStore:
             )
         return RequestRecord(*row) if row else None
 
-    async def unsent(self, limit: int) -> list[Notification]:
-        """This writer's undelivered messages, oldest first (each engine delivers its own)."""
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
+        """This writer's undelivered messages, oldest first, with their outbox positions
+        (each engine delivers its own)."""
         from ..notify import Notification
 
         async with self._use("reading") as conn:
             rows = await conn.fetch(
-                "SELECT instance, envelope FROM outbox WHERE writer = $1 AND NOT sent "
-                "ORDER BY seq LIMIT $2",
+                "SELECT seq, instance, envelope FROM outbox WHERE writer = $1 AND NOT sent "
+                "AND seq > $2 ORDER BY seq LIMIT $3",
                 self._writer,
+                after,
                 limit,
             )
-        return [Notification.from_envelope(json.loads(env), uuid) for uuid, env in rows]
+        return [(seq, Notification.from_envelope(json.loads(env), uuid)) for seq, uuid, env in rows]
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)
 
     def user_data(self, uuid: str) -> str | None:
         return self._user_data.get(uuid)
+
+    async def refresh(self, uuid: str) -> Instance:
+        async with self._use("reading") as conn:
+            data = await conn.fetchval("SELECT data FROM instances WHERE uuid = $1", uuid)
+        if data is None:
+            raise InstanceNotFound(uuid)
+        record = loads_instance(data)
+        current = self._records.get(uuid)
+        if current is None or current.version < record.version:
+            self._records[uuid] = record
+        return self._records[uuid]
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        async with self._use("heartbeat to", write=True) as conn:
+            await conn.execute(
+                "INSERT INTO services (host, heartbeat_at) VALUES ($1, $2) ON CONFLICT (host) "
+                "DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+                host,
+                at,
+            )
+
+    async def services(self) -> dict[str, dt.datetime]:
+        async with self._use("reading") as conn:
+            rows = await conn.fetch("SELECT host, heartbeat_at FROM services")
+        return {row[0]: row[1] for row in rows}
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self._use("reading") as conn:
+            value = await conn.fetchval("SELECT value FROM ism_meta WHERE key = $1", f"x:{key}")
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._use("writing to", write=True) as conn:
+            await conn.execute(
+                "INSERT INTO ism_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) "
+                "DO UPDATE SET value = EXCLUDED.value",
+                f"x:{key}",
+                value,
+            )
 
     async def outbox_counts(self) -> tuple[int, int]:
         """(all messages, unsent messages) in the outbox, every writer's."""

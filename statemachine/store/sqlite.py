@@ -19,12 +19,13 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -35,6 +36,7 @@ from ..model import Instance
 from . import RequestRecord, Write
 from ._codec import dumps_instance, loads_instance
 from ._sqlite_schema import MIGRATIONS, Migration, migrate, schema_version
+from ._working import WorkingSet
 
 if TYPE_CHECKING:
     from ..notify import Notification
@@ -66,7 +68,7 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     )
 
 
-class SqliteStore:
+class SqliteStore(WorkingSet):
     """Instances, audit log, outbox and request ids in one SQLite file.
 
     Args:
@@ -98,7 +100,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._lockfile: IO[bytes] | None = None
         self._mutex = threading.Lock()
-        self._records: dict[str, Instance] = {}
+        super().__init__()
         self._chain: AuditChain | None = None
         self._next_seq = 1
         self._sequences: dict[str, int] = {}
@@ -203,32 +205,6 @@ class SqliteStore:
             if self._lockfile is not None:
                 self._lockfile.close()  # releases the flock
                 self._lockfile = None
-
-    # -- the working set ----------------------------------------------------------------------
-
-    def get(self, uuid: str) -> Instance:
-        try:
-            return self._records[uuid]
-        except KeyError:
-            raise InstanceNotFound(uuid) from None
-
-    def all(self) -> Iterator[Instance]:
-        return iter(list(self._records.values()))
-
-    def stage(self, expected: Instance | None, new: Instance) -> None:
-        current = self._records.get(new.uuid)
-        if expected is None:
-            if current is not None:
-                raise Conflict(new.uuid, {"exists": False}, {"exists": True})
-        elif current is None:
-            raise InstanceNotFound(new.uuid)
-        elif current.version != expected.version or current.task_state != expected.task_state:
-            raise Conflict(
-                new.uuid,
-                {"version": expected.version, "task_state": expected.task_state},
-                {"version": current.version, "task_state": current.task_state},
-            )
-        self._records[new.uuid] = new
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -440,22 +416,70 @@ class SqliteStore:
         )
         return RequestRecord(*row) if row else None
 
-    async def unsent(self, limit: int) -> list[Notification]:
+    async def unsent(self, limit: int, *, after: int = 0) -> list[tuple[int, Notification]]:
         from ..notify import Notification
 
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT instance, envelope FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?",
-                (limit,),
+                "SELECT seq, instance, envelope FROM outbox WHERE sent = 0 AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         )
-        return [Notification.from_envelope(json.loads(env), uuid) for uuid, env in rows]
+        return [(seq, Notification.from_envelope(json.loads(env), uuid)) for seq, uuid, env in rows]
 
     def last_sequences(self) -> dict[str, int]:
         return dict(self._sequences)
 
     def user_data(self, uuid: str) -> str | None:
         return self._user_data.get(uuid)
+
+    async def refresh(self, uuid: str) -> Instance:
+        record = await self._read(lambda c: self._read_instance(c, uuid))
+        if record is None:
+            raise InstanceNotFound(uuid)
+        current = self._records.get(uuid)
+        if current is None or current.version < record.version:
+            self._records[uuid] = record
+        return self._records[uuid]
+
+    async def heartbeat(self, host: str, at: dt.datetime) -> None:
+        def write() -> None:
+            with self._mutex:
+                self._connected(write=True).execute(
+                    "INSERT OR REPLACE INTO services VALUES (?, ?)", (host, at.isoformat())
+                )
+
+        try:
+            await to_thread(write)
+        except sqlite3.Error as exc:
+            raise StoreError(f"heartbeat to {self.path} failed: {exc}") from exc
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT value FROM ism_meta WHERE key = ?", (f"x:{key}",)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        def write() -> None:
+            with self._mutex:
+                self._connected(write=True).execute(
+                    "INSERT OR REPLACE INTO ism_meta VALUES (?, ?)", (f"x:{key}", value)
+                )
+
+        try:
+            await to_thread(write)
+        except sqlite3.Error as exc:
+            raise StoreError(f"writing {self.path} failed: {exc}") from exc
+
+    async def services(self) -> dict[str, dt.datetime]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT host, heartbeat_at FROM services").fetchall()
+        )
+        return {host: dt.datetime.fromisoformat(at) for host, at in rows}
 
     async def outbox_counts(self) -> tuple[int, int]:
         """(all messages, unsent messages) in the outbox."""
