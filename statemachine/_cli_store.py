@@ -103,6 +103,8 @@ def audit(args: argparse.Namespace) -> int:
             return 1
         signed = " (signed head checked)" if key is not None else ""
         print(f"ism audit verify: ok: {report.count} records, head {report.head}{signed}")
+        if len(report.positions) > 1:  # several writers: the head per writer, for --head
+            print(f"ism audit verify: writer heads {report.positions_text}")
         return 0
     if args.verb == "tail":
         if args.n < 1:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import attrs
 
+from .errors import InvalidRequest
 from .model import Fault, Instance, RequestContext
 from .redact import scrub
 
@@ -316,6 +317,14 @@ class VerifyReport:
     head: str
     error: str | None = None
     bad_seq: int | None = None
+    positions: Mapping[str, tuple[int, str]] = attrs.field(factory=dict)
+    """Each writer's last ``(wseq, hash)``: the head in a form that stays checkable however
+    several writers' commits interleave (``--head`` takes it as :attr:`positions_text`)."""
+
+    @property
+    def positions_text(self) -> str:
+        """``writer#wseq:hash`` per writer, comma-separated, in writer order."""
+        return ",".join(f"{w}#{n}:{h}" for w, (n, h) in sorted(self.positions.items()))
 
     @property
     def ok(self) -> bool:
@@ -337,6 +346,9 @@ def verify_records(
             with ``raw`` bytes is checked against those; otherwise its body is re-encoded
             canonically (the same bytes, for a body that was not edited).
         head: A head taken earlier: the log must still reach it (a truncated tail does not).
+            Either the head hash, or the per-writer form ``writer#wseq:hash,…``
+            (:attr:`VerifyReport.positions_text`), which stays exact when several writers'
+            commits interleave out of ``seq`` order.
         key: The HMAC key: every signed writer head must carry a valid MAC and be its writer's
             last record.
         signed: The signed heads the store holds.
@@ -346,7 +358,8 @@ def verify_records(
     """
     heads: dict[str, tuple[int, str]] = {}
     count, last_seq = 0, None
-    seen_head = head is None
+    wanted = _positions(head) if head is not None and "#" in head else None
+    seen_head = head is None or wanted is not None
     for record in records:
         count += 1
         where = f"record seq={record.seq} ({record.writer} #{record.wseq})"
@@ -355,20 +368,51 @@ def verify_records(
             return VerifyReport(count - 1, head_of(heads), f"{where}: {bad}", record.seq)
         last_seq = record.seq
         heads[record.writer] = (record.wseq, record.hash)
+        named = wanted.get(record.writer) if wanted is not None else None
+        if named is not None and named[0] == record.wseq and named[1] != record.hash:
+            return VerifyReport(
+                count,
+                head_of(heads),
+                f"record seq={record.seq} ({record.writer} #{record.wseq}): not the record the "
+                "given head names (the log was rewritten)",
+                record.seq,
+                dict(heads),
+            )
         if not seen_head and head_of(heads) == head:
             seen_head = True
     current = head_of(heads)
+    if wanted is not None:
+        for writer, (wseq, _) in sorted(wanted.items()):
+            if heads.get(writer, (0, ""))[0] < wseq:
+                return VerifyReport(
+                    count, current,
+                    f"writer {writer} ends at #{heads.get(writer, (0, ''))[0]}, before #{wseq} "
+                    "of the given head: the log was truncated", None, dict(heads),
+                )  # fmt: skip
     if not seen_head:
         return VerifyReport(
             count,
             current,
             f"head {head} not found: the log was truncated (or the head is from another log)",
+            positions=dict(heads),
         )
     if key is not None:
         error = _check_signatures(key, heads, list(signed))
         if error is not None:
-            return VerifyReport(count, current, error)
-    return VerifyReport(count, current)
+            return VerifyReport(count, current, error, positions=dict(heads))
+    return VerifyReport(count, current, positions=dict(heads))
+
+
+def _positions(text: str) -> dict[str, tuple[int, str]]:
+    """Parse ``writer#wseq:hash,…`` (:attr:`VerifyReport.positions_text`)."""
+    out: dict[str, tuple[int, str]] = {}
+    for part in text.split(","):
+        writer, _, rest = part.rpartition("#")
+        number, _, digest = rest.partition(":")
+        if not writer or not number.isdigit() or len(digest) != 64:
+            raise InvalidRequest(f"not a head: {part!r} (expected writer#wseq:hash)")
+        out[writer] = (int(number), digest)
+    return out
 
 
 def _check(

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from drivers.base import Driver, DriverError
 
@@ -74,6 +75,23 @@ def _parser() -> argparse.ArgumentParser:
         help="also publish every notification to RabbitMQ (amqp://user:pass@host:port/vhost)",
     )
     sim.add_argument("--notify-exchange", metavar="NAME", help="the topic exchange (default: ism)")
+    sim.add_argument(
+        "--host",
+        metavar="NAME",
+        help="run one engine of a shared fleet, serving host NAME only (real time; needs --db)",
+    )
+    sim.add_argument(
+        "--evacuate",
+        metavar="HOST",
+        help="with --host: first rebuild HOST's instances here once its engine stopped beating",
+    )
+    sim.add_argument(
+        "--service-down-time",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="with --host: a host whose engine has not heartbeat for S seconds is down (60)",
+    )
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
@@ -157,6 +175,7 @@ def _simulate(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_ready=_ready if args.db else None,
             transports=_transports(args),
+            **_host_mode(args),
         )
     finally:
         for sink in sinks:
@@ -168,6 +187,25 @@ def _simulate(args: argparse.Namespace) -> int:
     if report.signal is not None:
         return 128 + report.signal
     return 0 if report.stuck == 0 else 1
+
+
+def _host_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """--host / --evacuate / --service-down-time, checked together."""
+    if args.host is None:
+        if args.evacuate is not None:
+            raise InvalidRequest("--evacuate needs --host (the engine that takes them in)")
+        return {}
+    if args.db is None:
+        raise InvalidRequest("--host needs --db: engines of one fleet share its store")
+    if args.evacuate == args.host:
+        raise InvalidRequest("--evacuate names another host than --host")
+    if not 0 < args.service_down_time <= 3600:
+        raise InvalidRequest("--service-down-time must be in (0, 3600] seconds")
+    return {
+        "host": args.host,
+        "evacuate": args.evacuate,
+        "service_down_time": args.service_down_time,
+    }
 
 
 def _transports(args: argparse.Namespace) -> list[Transport]:

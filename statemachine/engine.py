@@ -1615,6 +1615,11 @@ class Engine:
                 return info.up
         return False
 
+    async def host_up(self, host: str) -> bool:
+        """Whether ``host`` is up: its hypervisor answers (a host of ours), or its engine's
+        heartbeat is younger than ``service_down_time`` (another engine's)."""
+        return await self._host_up(host)
+
     async def _hosts(self) -> list[HostInfo]:
         """The hypervisor's hosts this engine may place on."""
         return [h for h in await self.driver.hosts() if self.serves(h.name)]

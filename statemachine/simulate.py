@@ -22,11 +22,18 @@ import anyio
 import attrs
 
 from drivers.base import Driver
-from drivers.simulator import FaultRule, SimGuest, SimHost, SimResize, SimulatorDriver
+from drivers.simulator import (
+    FaultRule,
+    LatencyModel,
+    SimGuest,
+    SimHost,
+    SimResize,
+    SimulatorDriver,
+)
 
 from ._schema import Action, Concurrency, Precondition, Rule
 from ._simulate_libvirt import LIBVIRT_FLAVORS, supported
-from .clock import VirtualClock, run_virtual
+from .clock import SystemClock, VirtualClock, run_virtual
 from .config import Config
 from .engine import ActionHandle, Engine
 from .errors import ActionRefused, InvalidRequest
@@ -67,6 +74,8 @@ class FleetReport:
     """Wall-clock seconds from opening the engine to accepting actions (recovery included)."""
     signal: int | None = None
     """The signal (SIGTERM, SIGINT) that stopped the run, which then drained."""
+    evacuated: int = 0
+    """Instances of a down host this engine rebuilt (``--evacuate``)."""
 
     def render(self) -> str:
         """The closing summary, as plain text."""
@@ -105,6 +114,8 @@ class FleetReport:
             f"recovery at start: {self.recovered} interrupted instances, engine ready in "
             f"{self.recovery_wall:.3f} s (wall)"
         )
+        if self.evacuated:
+            lines.append(f"evacuated here: {self.evacuated} instances of a host that went down")
         if self.signal is not None:
             lines.append(
                 f"stopped by {signal.Signals(self.signal).name}: drained; what could not finish "
@@ -180,15 +191,27 @@ class _Fleet:
         resume: bool = False,
         on_ready: Callable[[int, float], None] | None = None,
         transports: Sequence[Transport] = (),
+        host: str | None = None,
+        evacuate: str | None = None,
+        service_down_time: float = 60.0,
     ) -> None:
         self.resume = resume
+        # -- one engine for one host of a shared fleet (--host): real time, scaled down
+        self.host = host
+        self.evacuate_host = evacuate
+        self.evacuated = 0
+        self.pause = 0.001 if host is not None else 1.0
         self.on_ready = on_ready
         self.signal: int | None = None
         self.recovery_wall = 0.0
         self.recovered = 0
         self.rng = random.Random(f"{seed}:resumed" if resume else seed)
         self.n = instances
-        self.hosts = [f"compute{i + 1}" for i in range(max(2, instances // 25))]
+        self.hosts = (
+            [host]
+            if host is not None
+            else [f"compute{i + 1}" for i in range(max(2, instances // 25))]
+        )
         # -- another driver (libvirt): no fault plan, no host failure, tiny guests, cleanup
         self.external = driver
         self.flavors = FLAVORS if driver is None else LIBVIRT_FLAVORS
@@ -198,6 +221,7 @@ class _Fleet:
                 SimHost(name, vcpus=128, memory_mb=262_144, disk_gb=8192) for name in self.hosts
             ],
             seed=seed,
+            latency=LatencyModel(scale=self.pause) if host is not None else None,
         )
         for rule in (
             FaultRule(probability=0.02, message="simulated hypervisor error"),
@@ -210,7 +234,8 @@ class _Fleet:
             ),
             FaultRule(action="live_migrate", step="migrating", probability=0.03, mode="hang"),
         ):
-            self.driver.faults.add(rule)
+            if host is None or rule.mode != "hang":  # on real time a hang waits its deadline
+                self.driver.faults.add(rule)
         self.counter = _Counting()
         self.config = Config(
             notify_on_state_change="vm_and_task_state",
@@ -219,12 +244,16 @@ class _Fleet:
             reclaim_instance_interval=1800,
             instance_build_timeout=1800,
             group_commit=group_commit,
+            hosts=(host,) if host is not None else None,
+            service_host=host or "ism",
+            report_interval=1.0 if host is not None else 10.0,
+            service_down_time=service_down_time,
         )
         self.engine = Engine(
             driver or self.driver,
             config=self.config,
             sinks=[self.counter, *sinks],
-            clock=VirtualClock(),
+            clock=SystemClock() if host is not None else VirtualClock(),
             seed=seed,
             store=store,
             transports=transports,
@@ -276,13 +305,13 @@ class _Fleet:
             self.uuids.append(uuid)
             await self._wander(uuid, owner, remaining)
             return
-        await anyio.sleep(rng.uniform(0, 600))
+        await anyio.sleep(rng.uniform(0, 600) * self.pause)
         handle = await self._submit(
             owner,
             "create",
             None,
             {
-                "name": f"vm{index}",
+                "name": self._name(index),
                 "flavor": rng.choice(self.flavors),
                 "image": "cirros",
                 "admin_pass": f"secret-{index}",
@@ -300,7 +329,7 @@ class _Fleet:
     async def _wander(self, uuid: str, owner: RequestContext, actions: int) -> None:
         rng = self.rng
         for _ in range(actions):
-            await anyio.sleep(rng.expovariate(1 / 300))
+            await anyio.sleep(rng.expovariate(1 / 300) * self.pause)
             inst = self.engine.get(uuid)
             if inst.vm_state is VmState.DELETED:
                 break
@@ -322,7 +351,7 @@ class _Fleet:
                 # a second, conflicting request while the first runs: refused, never queued
                 await self._settle(await self._submit(owner, "stop", uuid, {}))
             elif first is not None and roll < 0.08:
-                await anyio.sleep(0.5)
+                await anyio.sleep(0.5 * self.pause)
                 await self._settle(await self._submit(owner, "delete", uuid, {}))
             await self._settle(first)
         if rng.random() < 0.3:
@@ -361,6 +390,8 @@ class _Fleet:
                 if self.on_ready is not None:
                     self.on_ready(self.recovered, self.recovery_wall)
                 resumed = await self._resumed() if self.resume else {}
+                if self.evacuate_host is not None:
+                    await self._evacuate(self.evacuate_host)
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self._until_signalled, outer.cancel_scope)
                     async with anyio.create_task_group() as tg:
@@ -377,7 +408,7 @@ class _Fleet:
                                     tg.start_soon(self.walk, i, owner, resumed[i])
                             else:
                                 tg.start_soon(self.walk, i, owner)
-                        if self.external is None and not self.resume:
+                        if self.external is None and not self.resume and self.host is None:
                             tg.start_soon(self.chaos)
                     outer.cancel_scope.cancel()  # the walks ended: stop listening for signals
                 if self.external is not None and self.signal is None:
@@ -392,6 +423,24 @@ class _Fleet:
                 self.signal = signum
                 scope.cancel()
                 return
+
+    def _name(self, index: int) -> str:
+        return f"{self.host}-vm{index}" if self.host is not None else f"vm{index}"
+
+    async def _evacuate(self, host: str) -> None:
+        """Nova's evacuate by an admin: once ``host``'s engine stopped heartbeating (bounded
+        wait), rebuild each of its instances here."""
+        with anyio.fail_after(2 * self.config.service_down_time + 10):
+            # another process's heartbeat ages in the store: nothing signals it here, so a
+            # bounded poll at the heartbeat's own rhythm
+            while await self.engine.host_up(host):  # noqa: ASYNC110
+                await anyio.sleep(self.config.report_interval)
+        for inst in self.engine.instances(host=host):
+            if inst.vm_state in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR):
+                handle = await self._submit(ADMIN, "evacuate", inst.uuid, {})
+                await self._settle(handle)
+                if handle is not None and handle.result is not None and handle.result.ok:
+                    self.evacuated += 1
 
     def _restore_guests(self) -> None:
         """The hypervisor outlives the engine: put back the guests the store says exist."""
@@ -414,10 +463,12 @@ class _Fleet:
         """Each instance a previous run created (by its name, vm<i>): the actions its walk
         has left, or None when it is deleted or done."""
         out: dict[int, tuple[str, int] | None] = {}
+        prefix = f"{self.host}-vm" if self.host is not None else "vm"
         for inst in self.engine.instances():
-            if not inst.name.startswith("vm") or not inst.name[2:].isdigit():
-                continue
-            index = int(inst.name[2:])
+            number = inst.name.removeprefix(prefix)
+            if number == inst.name or not number.isdigit():
+                continue  # another host's instance, or not the fleet's
+            index = int(number)
             if inst.vm_state is VmState.DELETED:
                 out[index] = None
                 continue
@@ -449,6 +500,9 @@ def simulate(
     resume: bool = False,
     on_ready: Callable[[int, float], None] | None = None,
     transports: Sequence[Transport] = (),
+    host: str | None = None,
+    evacuate: str | None = None,
+    service_down_time: float = 60.0,
 ) -> FleetReport:
     """Run a fleet on virtual time and return what happened.
 
@@ -460,7 +514,10 @@ def simulate(
     simulated hypervisor gets back the guests the store records, the virtual clock continues
     from the last commit, and each instance continues its walk. ``on_ready(recovered,
     seconds)`` is told as soon as the engine accepts actions; ``transports`` publish every
-    notification too (``--notify amqp://…``).
+    notification too (``--notify amqp://…``). ``host`` runs one engine of a shared fleet: it
+    serves that host only, on real time with latencies and pauses scaled down (engines in
+    several processes compare heartbeats on the wall clock), and ``evacuate`` rebuilds a host's
+    instances here once its engine has stopped heartbeating.
     """
     start = 0.0
     if resume:
@@ -478,10 +535,14 @@ def simulate(
         resume=resume,
         on_ready=on_ready,
         transports=transports,
+        host=host,
+        evacuate=evacuate,
+        service_down_time=service_down_time,
     )
     if on_engine is not None:
         on_engine(fleet.engine)
-    elapsed = run_virtual(fleet.run, start=start)
+    # one host of a shared fleet runs on real time: heartbeats compare clocks across processes
+    elapsed = run_virtual(fleet.run, start=start) if host is None else anyio.run(fleet.run)
     final = fleet.final or Counter(i.vm_state.value for i in fleet.engine.instances())
     stuck = sum(1 for i in fleet.engine.instances() if i.task_state is not None)
     return FleetReport(
@@ -497,6 +558,7 @@ def simulate(
         recovered=fleet.recovered,
         recovery_wall=fleet.recovery_wall,
         signal=fleet.signal,
+        evacuated=fleet.evacuated,
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from drivers.simulator import FaultRule
 from statemachine.audit import GENESIS, AuditChain, AuditRecord, canonical, verify_records
 from statemachine.cli import main
-from statemachine.errors import ActionFailed, ActionRefused
+from statemachine.errors import ActionFailed, ActionRefused, InvalidRequest
 from statemachine.store import SqliteStore
 from tests.store_support import entry, instance
 from tests.support import OTHER, OWNER, World, run_with_store
@@ -295,3 +295,21 @@ def test_the_hash_is_over_the_canonical_encoding() -> None:
     digest = hashlib.sha256(GENESIS.encode() + b"\n" + canonical(record.body)).hexdigest()
     assert digest == record.hash
     assert b" " not in canonical({"a": [1, 2], "b": {"c": None}})
+
+
+def test_a_per_writer_head_survives_commits_out_of_seq_order() -> None:
+    """With several writers a record may commit after one with a higher seq. A head read at
+    that moment names a point the final seq order never passes (the combined hash then reads
+    as a truncation); given per writer it still verifies, and still catches a truncated one."""
+    records = _records(["a", "b"], 20)  # odd seq: a, even seq: b
+    # read while b's #5 (seq 10) was not yet committed but a's #6 (seq 11) was
+    early = verify_records([r for r in records[:11] if r.seq != 10])
+    assert early.ok
+    assert verify_records(records, head=early.positions_text).ok
+    assert not verify_records(records, head=early.head).ok  # the single hash cannot tell
+    cut = [r for r in records if not (r.writer == "b" and r.wseq > 8)]
+    report = verify_records(cut, head=verify_records(records).positions_text)
+    assert not report.ok
+    assert "truncated" in (report.error or "")
+    with pytest.raises(InvalidRequest):
+        verify_records(records, head="a#x:y")

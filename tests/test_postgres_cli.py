@@ -71,7 +71,7 @@ README_URL = "postgresql://postgres@127.0.0.1:5432/test?schema=ism_demo"
 
 def _readme_commands() -> list[list[str]]:
     """The ``ism`` lines of the README's PostgreSQL section."""
-    section = README.split("### PostgreSQL store", 1)[1].split("\n### ", 1)[0]
+    section = README.split("### The PostgreSQL store", 1)[1].split("\n### ", 1)[0]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("ism ")]
 
