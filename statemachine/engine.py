@@ -1933,6 +1933,17 @@ class Engine:
         running = ", ".join(f"{h.name}@{h.uuid}" for h in list(self._running.values())[:10])
         raise WaitTimeout(f"{self._active} actions still run after {timeout:g} s: {running}")
 
+    async def wait_committed(self, timeout: float) -> None:
+        """Wait until every change staged so far is durable (its commit done).
+
+        Raises:
+            WaitTimeout: commits still pending after ``timeout``.
+        """
+        with anyio.move_on_after(timeout):
+            await self._committer.wait_idle()
+            return
+        raise WaitTimeout(f"commits still pending after {timeout:g} s")
+
     async def wait_delivered(self, timeout: float) -> None:
         """Wait until every committed notification reached every sink and transport.
 
