@@ -11,7 +11,7 @@ from pathlib import Path
 
 from drivers.base import Driver, DriverError
 
-from . import _cli_diagrams
+from . import _cli_diagrams, _cli_policy
 from .errors import InvalidRequest, IsmError, ScenarioError
 
 __all__ = ["main"]
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
     # diagram (and diagram diff), lifecycle export: statemachine/_cli_diagrams.py
     _cli_diagrams.add_parsers(sub)
+    # policy show, policy check (issue 8): statemachine/_cli_policy.py
+    _cli_policy.add_parsers(sub)
     return parser
 
 
@@ -76,9 +78,13 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"ism run: invalid scenario {args.scenario}: {exc}", file=sys.stderr)
         return 2
-    outcome = run_scenario(scenario, events_out=args.events_out)
-    if args.state_out is not None:
-        args.state_out.write_text(json.dumps(outcome.state, indent=2) + "\n", encoding="utf-8")
+    try:
+        outcome = run_scenario(scenario, events_out=args.events_out)
+        if args.state_out is not None:
+            args.state_out.write_text(json.dumps(outcome.state, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:  # an output that cannot be written: one line, not a traceback
+        print(f"ism run: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if outcome.failure is not None:
         print(f"ism run: {outcome.failure}", file=sys.stderr)
         return 1
@@ -172,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "states": _states,
         "diagram": _cli_diagrams.diagram,
         "lifecycle": _cli_diagrams.lifecycle,
+        "policy": _cli_policy.policy,
     }
     try:
         return handlers[args.command](args)

@@ -22,6 +22,7 @@
     ├── WatchOverflow               a state watcher fell behind its bounded buffer
     ├── LifecycleError              the lifecycle definition is invalid (names the culprit)
     ├── DiagramError                a diagram cannot be drawn (bad export, unknown name, no dot)
+    ├── PolicyError                 a policy (file or rules) is invalid (also ValueError)
     └── ScenarioError               a scenario file is invalid (also ValueError)
 
 Driver errors (:mod:`drivers.base`) form their own tree; the engine records them as the cause
@@ -65,6 +66,7 @@ __all__ = [
     "LifecycleError",
     "Locked",
     "NoValidHost",
+    "PolicyError",
     "ScenarioError",
     "StepDeadlineExceeded",
     "UnexpectedDeletingTaskState",
@@ -229,6 +231,11 @@ class DiagramError(IsmError):
     An unreadable or unknown export, an action or state the lifecycle does not have, a git
     revision without ``diagrams/lifecycle.json``, or Graphviz's ``dot`` missing or failing.
     """
+
+
+class PolicyError(IsmError, ValueError):
+    """A policy is invalid (unreadable file, unknown name, bad rule, cycle); the message names
+    the rule and the problem. Nothing was loaded: the engine keeps the policy it had."""
 
 
 class ScenarioError(IsmError, ValueError):
