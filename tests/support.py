@@ -17,6 +17,7 @@ from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
 from statemachine.engine import ActionResult, Engine, StepHook
 from statemachine.model import RequestContext
+from statemachine.policy import Policy
 from statemachine.sinks import MemoryCapture
 
 P = ParamSpec("P")
@@ -87,6 +88,7 @@ async def world(
     hooks: Sequence[StepHook] = (),
     seed: int = 0,
     latency: LatencyModel | None = None,
+    policy: Policy | None = None,
 ) -> AsyncIterator[World]:
     """A running engine on a simulated fleet; leaves it cleanly."""
     sim = SimulatorDriver(hosts=hosts, seed=seed, latency=latency)
@@ -98,6 +100,7 @@ async def world(
         clock=VirtualClock(),
         seed=seed,
         hooks=hooks,
+        policy=policy,
     )
     async with engine:
         yield World(engine, sim, capture)
