@@ -13,7 +13,7 @@ Public through :mod:`statemachine.testing`.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
@@ -28,6 +28,7 @@ from .engine import ActionHandle, Engine, StepInfo
 from .errors import ActionFailed, InvalidRequest
 from .lifecycle import DEFAULT_LIFECYCLE
 from .model import SYSTEM_CONTEXT, RequestContext
+from .sinks import Sink
 from .states import VmState
 
 __all__ = [
@@ -228,7 +229,8 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
 class _Director:
     """The step hook that fails or holds the path's steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
         self.fail: tuple[str, int] | None = None
         self.fail_cleanup: str | None = None
         self.hold: tuple[str, int] | None = None
@@ -241,13 +243,13 @@ class _Director:
         if info.error_path:
             if self.fail_cleanup == key[0]:
                 self.fail_cleanup = None
-                raise RuntimeError(f"path: clean-up of {key[0]} fails")
+                raise RuntimeError(f"path: clean-up of {key[0]} fails{self.detail}")
             return
         if self.fail is not None and key == self.fail:
             self.fail = None
             if self.before_fail is not None:
                 await self.before_fail()
-            raise RuntimeError(f"path: fail {key[0]} at step {key[1]}")
+            raise RuntimeError(f"path: fail {key[0]} at step {key[1]}{self.detail}")
         if self.hold is not None and key == self.hold:
             self.hold = None
             self.held.set()
@@ -287,22 +289,32 @@ async def run_path(
     check: Check | None = None,
     config: Config | None = None,
     lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+    sinks: Sequence[Sink] = (),
+    create_params: Mapping[str, Any] | None = None,
+    failure_detail: str = "",
 ) -> Counter[tuple[str, str, str]]:
     """Replay ``path`` on a fresh engine over ``driver``; return the transitions it applied.
 
     ``check`` runs after the path with the engine and the instance's uuid, for assertions of
     the caller's own (the engine is still running then, with nothing in flight).
+
+    Args:
+        sinks: The engine's notification sinks (to see what the path emitted).
+        create_params: Merged into the create's parameters (``admin_pass``, ``user_data``,
+            ``metadata`` …: the redaction tests put canary secrets there).
+        failure_detail: Appended to the message of every failure the path injects.
     """
-    director = _Director()
+    director = _Director(failure_detail)
     engine = Engine(
         driver,
         config=config or Config(),
+        sinks=sinks,
         hooks=[director],
         clock=VirtualClock(),
         lifecycle=lifecycle,
     )
     async with engine:
-        uuid = await _replay(engine, director, path, driver, control)
+        uuid = await _replay(engine, director, path, driver, control, create_params or {})
         await engine.wait_idle(timeout=86400)
         if check is not None:
             await check(engine, uuid)
@@ -315,6 +327,7 @@ async def _replay(
     path: CoveringPath,
     driver: Driver,
     control: SimulatorControl,
+    create_params: Mapping[str, Any],
 ) -> str:
     lc = engine.lifecycle
     uuid: str | None = None
@@ -326,7 +339,7 @@ async def _replay(
         )
         params: dict[str, Any] = {}
         if action.creates:
-            params = {"name": "path", "flavor": FLAVORS[0], "image": "cirros"}
+            params = {"name": "path", "flavor": FLAVORS[0], "image": "cirros", **create_params}
         elif action.name == "resize":
             assert uuid is not None
             small = engine.get(uuid).flavor.vcpus == FLAVORS[0]["vcpus"]
@@ -429,6 +442,9 @@ async def run_covering_paths(
     check: Check | None = None,
     config: Config | None = None,
     lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+    sinks: Sequence[Sink] = (),
+    create_params: Mapping[str, Any] | None = None,
+    failure_detail: str = "",
 ) -> PathCoverage:
     """Replay every covering path of ``lifecycle``, each on a fresh engine and driver.
 
@@ -442,6 +458,9 @@ async def run_covering_paths(
         check: Assertions of your own, run after each path with the engine and the uuid.
         config: The engine's configuration for every path.
         lifecycle: The table whose transitions are planned and counted.
+        sinks: Notification sinks given to every path's engine.
+        create_params: Merged into every create's parameters.
+        failure_detail: Appended to the message of every failure the paths inject.
 
     Returns:
         The coverage: which transitions fired, how often, and which did not.
@@ -470,6 +489,9 @@ async def run_covering_paths(
                 check=check,
                 config=config,
                 lifecycle=lifecycle,
+                sinks=sinks,
+                create_params=create_params,
+                failure_detail=failure_detail,
             )
         )
     expected = frozenset(

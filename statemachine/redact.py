@@ -63,11 +63,12 @@ _NOT_SECRET = frozenset({"key_name", "keyname"})
 """Keys that look secret to a pattern but name no secret (a key pair's name)."""
 
 _KEY_SEP = re.compile(r"""["']?(?P<bare>[A-Za-z_][\w.-]{0,63})["']?\s*[:=]\s*""")
-_VALUE = re.compile(r""""[^"]*"|'[^']*'|[^\s,;}&]+""")
+_VALUE = re.compile(r""""[^"]*"|'[^']*'|[^\s,;}&{\[][^\s,;}&]*""")
+"""A quoted string or a bare word; an object or a list is not a value: its keys are judged."""
 _BEARER = re.compile(r"(?i)\b(authorization\s*[:=]\s*)(bearer|basic|token)?\s*[^\s,;]+")
 _AUTH_HEADER = re.compile(r"(?i)\b(x-auth-token\s*:\s*)[^\s,;]+")
 _PRIVATE_KEY = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S
 )
 
 
