@@ -44,6 +44,7 @@ from .errors import (
     LifecycleError,
     Locked,
     NoValidHost,
+    PolicyError,
     ScenarioError,
     StepDeadlineExceeded,
     UnexpectedDeletingTaskState,
@@ -55,6 +56,7 @@ from .machine import LifecycleMachine
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
 from .policy import Policy
+from .redact import Redactor, Secret
 from .scenario import Scenario, ScenarioOutcome, load_scenario, run_scenario
 from .sinks import JsonlSink, LoggingSink, MemoryCapture, Sink
 from .states import TaskState, VmState
@@ -103,12 +105,15 @@ __all__ = [
     "NotifySettings",
     "Outcome",
     "Policy",
+    "PolicyError",
     "PowerState",
+    "Redactor",
     "RequestContext",
     "Rule",
     "Scenario",
     "ScenarioError",
     "ScenarioOutcome",
+    "Secret",
     "Sink",
     "StateChange",
     "Step",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,12 @@ def _instance() -> Instance:
         vm_state=VmState.ACTIVE, task_state=None, power_state=PowerState.RUNNING,
         created_at=T0, updated_at=T0, host="compute1",
     )  # fmt: skip
+
+
+def test_the_readme_policy_example_is_a_valid_policy() -> None:
+    """The policy file shown in the README's security section loads."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if '"rules"' in b]
+    assert len(blocks) == 1
+    policy = Policy.from_mapping(json.loads(blocks[0]))
+    assert policy.overridden == {"operator", "stop", "live_migrate"}
