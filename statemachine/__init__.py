@@ -65,6 +65,7 @@ from .errors import (
     LifecycleError,
     Locked,
     NoValidHost,
+    PolicyError,
     ScenarioError,
     StepDeadlineExceeded,
     StoreError,
@@ -81,6 +82,7 @@ from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
 from .outbox import Transport
 from .policy import Policy
+from .redact import Redactor, Secret
 from .scenario import Scenario, ScenarioOutcome, load_scenario, run_scenario
 from .sinks import JsonlSink, LoggingSink, MemoryCapture, Sink
 from .states import TaskState, VmState
@@ -147,14 +149,17 @@ __all__ = [
     "Outcome",
     "PayloadClass",
     "Policy",
+    "PolicyError",
     "PostgresStore",
     "PowerState",
+    "Redactor",
     "RequestContext",
     "RequestRecord",
     "Rule",
     "Scenario",
     "ScenarioError",
     "ScenarioOutcome",
+    "Secret",
     "Sink",
     "SqliteStore",
     "StateChange",

@@ -16,6 +16,7 @@ from drivers.base import Driver, PowerState, RebootType
 
 from ._schema import Action, Call, Step
 from .model import Flavor, Instance, RequestContext
+from .policy import locker_kind
 from .states import TaskState, VmState
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ async def _trigger_crash_dump(run: StepRun) -> Changes:
 async def _lock(run: StepRun) -> Changes:
     if run.inst.locked:
         return {}  # Nova: locking a locked instance is a no-op
-    by = "owner" if run.ctx.project_id == run.inst.project_id and not run.ctx.is_system else "admin"
+    by = locker_kind(run.ctx, run.inst)  # what the policy's ``locker`` check compares with
     reason = run.params.get("reason")
     return {"locked": True, "locked_by": by, "locked_reason": reason}
 

@@ -108,11 +108,19 @@ class Concurrency(enum.Enum):
 
 
 class Rule(enum.StrEnum):
-    """Default policy rules (the policy module maps each to a check)."""
+    """The policy rule an action is checked against, by name.
+
+    Each value names a rule of the policy's data (:mod:`statemachine.policy`), which gives it
+    an expression a service can override; an action's own entry in the default policy is
+    ``rule:<value>``.
+    """
 
     OWNER_OR_ADMIN = "owner_or_admin"
     ADMIN = "admin"
     SYSTEM = "system"
+    UNLOCK_OVERRIDE = "unlock_override"
+    """Nova's ``unlock_override``: the instance's project or an admin, and a lock an admin set
+    needs an admin to lift."""
 
 
 class Precondition(enum.Enum):

@@ -13,7 +13,7 @@ from typing import Any
 
 from drivers.base import Driver, DriverError
 
-from . import _cli_diagrams, _cli_history, _cli_store
+from . import _cli_diagrams, _cli_history, _cli_policy, _cli_store
 from .errors import InvalidRequest, IsmError, ScenarioError
 from .outbox import Transport
 from .sinks import JsonlSink
@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     _cli_store.add_parsers(sub)
     # timeline (history drawn from the audit log): statemachine/_cli_history.py
     _cli_history.add_parsers(sub)
+    # policy show, policy check (issue 8): statemachine/_cli_policy.py
+    _cli_policy.add_parsers(sub)
     return parser
 
 
@@ -139,9 +141,13 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"ism run: invalid scenario {args.scenario}: {exc}", file=sys.stderr)
         return 2
-    outcome = run_scenario(scenario, events_out=args.events_out, store=_chosen_store(args))
-    if args.state_out is not None:
-        args.state_out.write_text(json.dumps(outcome.state, indent=2) + "\n", encoding="utf-8")
+    try:
+        outcome = run_scenario(scenario, events_out=args.events_out, store=_chosen_store(args))
+        if args.state_out is not None:
+            args.state_out.write_text(json.dumps(outcome.state, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:  # an output that cannot be written: one line, not a traceback
+        print(f"ism run: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if outcome.failure is not None:
         print(f"ism run: {outcome.failure}", file=sys.stderr)
         return 1
@@ -331,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "actions": _cli_store.actions,
         "status": _cli_store.status,
         "timeline": _cli_history.timeline,
+        "policy": _cli_policy.policy,
     }
     try:
         return handlers[args.command](args)

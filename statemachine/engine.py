@@ -104,12 +104,12 @@ from .handles import (
 from .history import ActionRecord, actions_from_audit
 from .lifecycle import DEFAULT_LIFECYCLE
 from .machine import LifecycleMachine
-from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
+from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext, validate_uuid
 from .notify import Notification, Notifier, NotifySettings
 from .outbox import Outbox, Transport
 from .policy import Policy
 from .recovery import Recovery, RecoveryRule, match_rule
-from .redact import scrub
+from .redact import Redactor, scrub
 from .sinks import Sink
 from .states import TaskState, VmState
 from .store import MemoryStore, RequestRecord, Store, Write
@@ -170,6 +170,8 @@ class Engine:
         self._check_deadlines()
         self._check_calls()
         self._state_map = self._checked_state_map(state_map or {})
+        self._redactor = Redactor.from_config(self.config)
+        self._api_names = frozenset(lifecycle.api_actions())
         self._store: Store = store if store is not None else MemoryStore()
         self._placement = Placement()
         self._timers = TimerService()
@@ -667,7 +669,8 @@ class Engine:
                 return await self._replayed(ctx, record, action, instance)
         except ActionRefused as exc:
             self._refused += 1
-            self._count(action if isinstance(action, str) else "?", "refused")
+            known = isinstance(action, str) and action in self._api_names
+            self._count(action if known else "(unknown)", "refused")  # bounded by the table
             if not isinstance(exc, EngineClosed):
                 await self._audit_refusal(ctx, action, instance, exc)
             raise
@@ -800,7 +803,7 @@ class Engine:
             return await self._accept_create(ctx, action, params)
         if uuid is None:
             raise InvalidRequest(f"'{name}' needs an instance", action=name)
-        return await self._accept_existing(ctx, action, uuid, params)
+        return await self._accept_existing(ctx, action, validate_uuid(uuid), params)
 
     async def _accept_existing(
         self, ctx: RequestContext, action: Action, uuid: str, params: dict[str, Any]
@@ -1270,7 +1273,8 @@ class Engine:
         fault = self._fault(exc, handle)
         if handle.open_phases or not handle.opened_any:
             self._note(f"{action.error_event(step)}.error", handle.inst, handle, fault=fault)
-        failed = ActionFailed(action.name, handle.uuid, _step_name(step), scrub(str(exc)))
+        self._scrub_chain(exc)
+        failed = ActionFailed(action.name, handle.uuid, _step_name(step), str(exc))
         failed.__cause__ = exc
         if action.concurrency is Concurrency.FREE:
             await self._commit(handle, None, None, {"fault": fault}, audit="failed", fault=fault)
@@ -1333,6 +1337,18 @@ class Engine:
         handle.ended = True
         return failed
 
+    def _scrub_chain(self, exc: BaseException) -> None:
+        """Scrub the messages of a failure's exception chain in place: the caller gets it as
+        the ``__cause__`` of an ActionFailed, and a ``log.exception`` of that prints it all."""
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen and len(seen) < 8:
+            seen.add(id(current))
+            current.args = tuple(
+                self._redactor.scrub(a) if isinstance(a, str) else a for a in current.args
+            )
+            current = current.__cause__ or current.__context__
+
     async def _guest_running(self, inst: Instance) -> bool:
         try:
             with anyio.fail_after(60):
@@ -1344,11 +1360,11 @@ class Engine:
     def _fault(self, exc: BaseException, handle: ActionHandle) -> Fault:
         tb = None
         if self.config.include_traceback and exc.__traceback__ is not None:
-            tb = scrub("".join(traceback.format_exception(exc)))
+            tb = self._redactor.scrub("".join(traceback.format_exception(exc)))
         frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
         return Fault(
             exception=type(exc).__name__,
-            message=scrub(str(exc)),
+            message=self._redactor.scrub(str(exc)),
             action=handle.action.name,
             step=_step_name(handle.step),
             created_at=self.clock.wall(),
@@ -1610,7 +1626,12 @@ class Engine:
             beat = (await self._store.services()).get(host)
             age = (self.clock.wall() - beat).total_seconds() if beat is not None else None
             return age is not None and age < self.config.service_down_time
-        for info in await self.driver.hosts():
+        try:
+            with anyio.fail_after(60):  # a hypervisor that does not answer is down
+                hosts = await self.driver.hosts()
+        except (DriverError, TimeoutError):
+            return False
+        for info in hosts:
             if info.name == host:
                 return info.up
         return False

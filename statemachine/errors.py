@@ -25,6 +25,7 @@
     ├── LifecycleError              the lifecycle definition is invalid (names the culprit)
     ├── DiagramError                a diagram cannot be drawn (bad export, unknown name, no dot)
     ├── StoreError                  storage failed or cannot be opened (locked, schema, I/O)
+    ├── PolicyError                 a policy (file or rules) is invalid (also ValueError)
     ├── ScenarioError               a scenario file is invalid (also ValueError)
     └── TransportError              notifications were not confirmed by the broker; retry later
 
@@ -70,6 +71,7 @@ __all__ = [
     "LifecycleError",
     "Locked",
     "NoValidHost",
+    "PolicyError",
     "ScenarioError",
     "StepDeadlineExceeded",
     "StoreError",
@@ -270,6 +272,11 @@ class StoreError(IsmError):
     Fatal to an engine: what it had accepted but not made durable is gone with it, and a restart
     recovers from what the store holds (fail-stop, never half-written).
     """
+
+
+class PolicyError(IsmError, ValueError):
+    """A policy is invalid (unreadable file, unknown name, bad rule, cycle); the message names
+    the rule and the problem. Nothing was loaded: the engine keeps the policy it had."""
 
 
 class ScenarioError(IsmError, ValueError):

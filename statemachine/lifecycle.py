@@ -649,6 +649,7 @@ ACTIONS: tuple[Action, ...] = (
         vm_states=None,
         task_states=None,
         lock_check=False,
+        rule=Rule.UNLOCK_OVERRIDE,
         concurrency=Concurrency.FREE,
         must_have_launched=False,
     ),

@@ -8,7 +8,6 @@ snapshots to callers without copying, and keeps a preempted action's stale view 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,31 +15,47 @@ import attrs
 
 from drivers.base import GuestFlavor, GuestSpec, PowerState
 
+from . import _validate
 from .errors import InvalidRequest
 from .states import TaskState, VmState
 
-__all__ = ["SYSTEM_CONTEXT", "Fault", "Flavor", "Instance", "RequestContext"]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,254}$")
+__all__ = [
+    "SYSTEM_CONTEXT",
+    "Fault",
+    "Flavor",
+    "Instance",
+    "RequestContext",
+    "validate_host",
+    "validate_name",
+    "validate_uuid",
+]
 
 
 def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidRequest(
-            f"flavor {attribute.name} must be a non-negative integer, not {value!r}"
+            f"flavor {attribute.name} must be a non-negative integer, not {_validate.show(value)}"
         )
+    if value > _validate.INT_MAX:  # Nova's flavor columns are 32-bit
+        raise InvalidRequest(f"flavor {attribute.name} must be at most {_validate.INT_MAX}")
+
+
+def _flavor_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value != "":  # unnamed: the id is derived from the size
+        _validate.text("flavor name", value)
 
 
 @attrs.frozen
 class Flavor:
-    """An instance's size, in Nova's words. ``vcpus`` and ``memory_mb`` must be positive."""
+    """An instance's size, in Nova's words. ``vcpus`` and ``memory_mb`` must be positive;
+    every size is at most ``2**31 - 1`` (Nova's bound)."""
 
     vcpus: int = attrs.field(validator=_positive)
     memory_mb: int = attrs.field(validator=_positive)
     root_gb: int = attrs.field(validator=_positive)
-    name: str = ""
-    ephemeral_gb: int = 0
-    swap: int = 0
+    name: str = attrs.field(default="", validator=_flavor_name)
+    ephemeral_gb: int = attrs.field(default=0, validator=_positive)
+    swap: int = attrs.field(default=0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.vcpus < 1 or self.memory_mb < 1:
@@ -79,19 +94,56 @@ class Flavor:
         return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "root_gb": self.root_gb}
 
 
+MAX_ROLES = 64
+"""Most roles one request context may carry."""
+
+
 def _roles(roles: Iterable[str]) -> frozenset[str]:
-    return frozenset(roles)
+    if isinstance(roles, str | bytes) or not isinstance(roles, Iterable):
+        # frozenset("admin") would be five one-letter roles: refuse rather than guess
+        raise InvalidRequest(
+            f"roles must be a collection of role names, not {type(roles).__name__}"
+        )
+    try:
+        out = frozenset(roles)
+    except TypeError:  # unhashable members
+        raise InvalidRequest("roles must be strings") from None
+    if len(out) > MAX_ROLES:
+        raise InvalidRequest(f"a request context carries at most {MAX_ROLES} roles")
+    for role in out:
+        _validate.text("role", role)
+    return out
+
+
+def _ident(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    _validate.text(attribute.name, value)
+
+
+def _request_id(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None:
+        _validate.text("request_id", value)
+
+
+def _flag(_: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{attribute.name} must be true or false")
 
 
 @attrs.frozen
 class RequestContext:
-    """Who asks: user, project, roles, and the request id that ties notifications to the request."""
+    """Who asks: user, project, roles, and the request id that ties notifications to the request.
 
-    user_id: str
-    project_id: str
+    The embedding service authenticates the caller and builds this; ism trusts it (see the
+    README, "Security"). Every field is checked when it is built: ids and roles are printable
+    strings of at most 255 characters, at most 64 roles. There is deliberately no token field:
+    ism never needs a credential, so none can leak from it.
+    """
+
+    user_id: str = attrs.field(validator=_ident)
+    project_id: str = attrs.field(validator=_ident)
     roles: frozenset[str] = attrs.field(default=frozenset(), converter=_roles)
-    request_id: str | None = None
-    is_system: bool = False
+    request_id: str | None = attrs.field(default=None, validator=_request_id)
+    is_system: bool = attrs.field(default=False, validator=_flag)
 
     @property
     def is_admin(self) -> bool:
@@ -137,10 +189,39 @@ class Fault:
 
 
 def validate_name(name: object) -> str:
-    """Display names are printable, 1-255 characters, and start with a letter or digit."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidRequest(f"invalid instance name {name!r}")
-    return name
+    """Display names are printable, 1-255 characters, and start with a letter or digit.
+
+    Raises:
+        InvalidRequest: anything else (the message shows the name, truncated).
+    """
+    return _validate.name(name)
+
+
+def validate_host(host: object) -> str:
+    """Host names: letters, digits, ``.``, ``_``, ``-``, 1-255 characters, starting and ending
+    with a letter or digit.
+
+    Raises:
+        InvalidRequest: anything else.
+    """
+    return _validate.host(host)
+
+
+def _masked(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Metadata as a repr may show it: values of secret-looking keys masked (a failing test or
+    a logged result must not print a password)."""
+    from .redact import Redactor
+
+    return Redactor().metadata(metadata)
+
+
+def validate_uuid(uuid: object) -> str:
+    """An instance uuid, canonical (``8-4-4-4-12`` hex digits), returned lower-cased.
+
+    Raises:
+        InvalidRequest: not a uuid: a malformed id is a bad request, not a missing instance.
+    """
+    return _validate.uuid(uuid)
 
 
 @attrs.frozen
@@ -171,7 +252,7 @@ class Instance:
     locked_by: str | None = None
     locked_reason: str | None = None
     key_name: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, repr=lambda md: repr(_masked(md)))
     launched_at: dt.datetime | None = None
     terminated_at: dt.datetime | None = None
     deleted_at: dt.datetime | None = None

@@ -111,6 +111,7 @@ class Outbox:
         self._publishing: deque[Notification] = deque()
         self._queued: set[str] = set()
         self._publish_wake = anyio.Event()
+        self._publish_lock = anyio.Lock()  # the publisher task and a drain take turns
         self._published = 0
         self._publish_failures = 0
         self._progress = anyio.Event()
@@ -270,6 +271,12 @@ class Outbox:
                 delay = min(delay * 2, self._retry_max)
 
     async def _publish_once(self) -> bool:
+        async with self._publish_lock:
+            return await self._publish_locked()
+
+    async def _publish_locked(self) -> bool:
+        if not self._publishing:
+            return True  # another turn published it
         batch = [
             self._publishing[i] for i in range(min(self._publish_batch, len(self._publishing)))
         ]
@@ -288,7 +295,7 @@ class Outbox:
             self._publish_failures += 1
             # with one transport its confirmed prefix is done; with several, only what all
             # confirmed is (the others get those again: at least once)
-            confirmed = exc.confirmed if len(self.transports) == 1 else 0
+            confirmed = min(exc.confirmed, len(batch)) if len(self.transports) == 1 else 0
             log.warning("publishing %d notifications failed: %s", len(batch), scrub(str(exc)))
         for _ in range(confirmed):
             notification = self._publishing.popleft()

@@ -13,7 +13,7 @@ Public through :mod:`statemachine.testing`.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
@@ -29,6 +29,7 @@ from .engine import ActionHandle, Engine, StepInfo
 from .errors import ActionFailed, InvalidRequest
 from .lifecycle import DEFAULT_LIFECYCLE
 from .model import SYSTEM_CONTEXT, RequestContext
+from .sinks import Sink
 from .states import VmState
 
 __all__ = [
@@ -229,7 +230,8 @@ def covering_paths(lc: Lifecycle) -> list[CoveringPath]:
 class _Director:
     """The step hook that fails or holds the path's steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
         self.fail: tuple[str, int] | None = None
         self.fail_cleanup: str | None = None
         self.hold: tuple[str, int] | None = None
@@ -242,13 +244,13 @@ class _Director:
         if info.error_path:
             if self.fail_cleanup == key[0]:
                 self.fail_cleanup = None
-                raise RuntimeError(f"path: clean-up of {key[0]} fails")
+                raise RuntimeError(f"path: clean-up of {key[0]} fails{self.detail}")
             return
         if self.fail is not None and key == self.fail:
             self.fail = None
             if self.before_fail is not None:
                 await self.before_fail()
-            raise RuntimeError(f"path: fail {key[0]} at step {key[1]}")
+            raise RuntimeError(f"path: fail {key[0]} at step {key[1]}{self.detail}")
         if self.hold is not None and key == self.hold:
             self.hold = None
             self.held.set()
@@ -290,25 +292,38 @@ async def run_path(
     lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
     calls: Mapping[str, StepCall] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    sinks: Sequence[Sink] = (),
+    create_params: Mapping[str, Any] | None = None,
+    failure_detail: str = "",
 ) -> Counter[tuple[str, str, str]]:
     """Replay ``path`` on a fresh engine over ``driver``; return the transitions it applied.
 
     ``check`` runs after the path with the engine and the instance's uuid, for assertions of
-    the caller's own (the engine is still running then, with nothing in flight). ``params``
-    gives, by action name, the parameters of actions the path generator does not know (an
-    added action's ``volume_id``).
+    the caller's own (the engine is still running then, with nothing in flight).
+
+    Args:
+        calls: The lifecycle's own calls, for actions an embedding service added.
+        params: By action name, the parameters of actions the path generator does not know
+            (an added action's ``volume_id``).
+        sinks: The engine's notification sinks (to see what the path emitted).
+        create_params: Merged into the create's parameters (``admin_pass``, ``user_data``,
+            ``metadata`` …: the redaction tests put canary secrets there).
+        failure_detail: Appended to the message of every failure the path injects.
     """
-    director = _Director()
+    director = _Director(failure_detail)
     engine = Engine(
         driver,
         config=config or Config(),
+        sinks=sinks,
         hooks=[director],
         clock=VirtualClock(),
         lifecycle=lifecycle,
         calls=calls,
     )
     async with engine:
-        uuid = await _replay(engine, director, path, driver, control, params or {})
+        uuid = await _replay(
+            engine, director, path, driver, control, params or {}, create_params or {}
+        )
         await engine.wait_idle(timeout=86400)
         if check is not None:
             await check(engine, uuid)
@@ -322,6 +337,7 @@ async def _replay(
     driver: Driver,
     control: SimulatorControl,
     given: Mapping[str, Mapping[str, Any]],
+    create_params: Mapping[str, Any],
 ) -> str:
     lc = engine.lifecycle
     uuid: str | None = None
@@ -333,7 +349,7 @@ async def _replay(
         )
         params: dict[str, Any] = {}
         if action.creates:
-            params = {"name": "path", "flavor": FLAVORS[0], "image": "cirros"}
+            params = {"name": "path", "flavor": FLAVORS[0], "image": "cirros", **create_params}
         elif action.name == "resize":
             assert uuid is not None
             small = engine.get(uuid).flavor.vcpus == FLAVORS[0]["vcpus"]
@@ -439,6 +455,9 @@ async def run_covering_paths(
     lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
     calls: Mapping[str, StepCall] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    sinks: Sequence[Sink] = (),
+    create_params: Mapping[str, Any] | None = None,
+    failure_detail: str = "",
 ) -> PathCoverage:
     """Replay every covering path of ``lifecycle``, each on a fresh engine and driver.
 
@@ -455,6 +474,9 @@ async def run_covering_paths(
         lifecycle: The table whose transitions are planned and counted.
         calls: The lifecycle's own calls, for actions an embedding service added.
         params: Parameters by action name for actions the generator does not know.
+        sinks: Notification sinks given to every path's engine.
+        create_params: Merged into every create's parameters.
+        failure_detail: Appended to the message of every failure the paths inject.
 
     Returns:
         The coverage: which transitions fired, how often, and which did not.
@@ -486,6 +508,9 @@ async def run_covering_paths(
                 lifecycle=lifecycle,
                 calls=calls,
                 params=params,
+                sinks=sinks,
+                create_params=create_params,
+                failure_detail=failure_detail,
             )
         )
     expected = frozenset(

@@ -17,16 +17,26 @@ import anyio
 import attrs
 
 from drivers.base import PowerState
-from drivers.simulator import FaultRule, SimulatorDriver
+from drivers.simulator import FaultPlan, FaultRule, SimulatorDriver
 
+from . import _validate
 from ._faults import fault_rule
 from ._params import normalize_params, resolve_action
 from .clock import VirtualClock, run_virtual
 from .config import Config
 from .engine import ActionHandle, Engine, Outcome
-from .errors import ActionRefused, InvalidRequest, IsmError, ScenarioError, WaitTimeout
+from .errors import (
+    ActionRefused,
+    GuestNotFound,
+    InvalidRequest,
+    IsmError,
+    PolicyError,
+    ScenarioError,
+    WaitTimeout,
+)
 from .lifecycle import DEFAULT_LIFECYCLE
 from .model import RequestContext
+from .policy import Policy
 from .sinks import JsonlSink, MemoryCapture, Sink
 from .states import TaskState, VmState
 from .store import Store
@@ -38,6 +48,11 @@ STEP_KINDS = ("do", "fault", "wait_for", "guest", "host_down", "host_up", "advan
 WAIT_KEYS = {"vm_state", "task_state", "power_state", "host", "locked"}
 MAX_STEPS = 100_000
 MAX_TIMEOUT = 30 * 86400.0
+MAX_HOSTS = 1000
+MAX_HELD = 10_000
+"""Notifications the runner keeps for its waits' failure messages (the newest)."""
+MAX_FILE_BYTES = 16 << 20
+"""Largest scenario file read, in bytes (16 MiB; the tour is 2 KiB)."""
 
 
 @attrs.frozen
@@ -48,6 +63,7 @@ class Scenario:
     hosts: tuple[str, ...]
     config: Config
     steps: tuple[Mapping[str, Any], ...]
+    policy: Policy = attrs.field(factory=Policy)
 
 
 @attrs.frozen
@@ -84,21 +100,13 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
     Raises:
         ScenarioError: the file is unreadable, not JSON, or any step is malformed.
     """
-    if isinstance(source, Mapping):
-        data: Any = source
-    else:
-        try:
-            data = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else None
-            raise ScenarioError(f"cannot read {source}: {reason or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ScenarioError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    data: Any = source if isinstance(source, Mapping) else _read(source)
     if not isinstance(data, Mapping):
         raise ScenarioError("a scenario is a JSON object")
-    unknown = set(data) - {"seed", "hosts", "config", "steps"}
+    unknown = set(data) - {"seed", "hosts", "config", "policy", "steps"}
     if unknown:
-        raise ScenarioError(f"unknown top-level keys {sorted(unknown)}")
+        shown = sorted(_validate.show(k) for k in unknown)
+        raise ScenarioError(f"unknown top-level keys [{', '.join(shown[:5])}]")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ScenarioError("seed must be a non-negative integer")
@@ -106,22 +114,54 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
     if (
         not isinstance(hosts, list)
         or not hosts
-        or len(hosts) > 1000
-        or not all(isinstance(h, str) and 0 < len(h) <= 255 for h in hosts)
+        or len(hosts) > MAX_HOSTS
+        or not all(isinstance(h, str) for h in hosts)
         or len(set(hosts)) != len(hosts)
     ):
         raise ScenarioError("hosts must be a non-empty list of distinct host names")
+    for host in hosts:
+        try:
+            _validate.host(host)
+        except InvalidRequest as exc:
+            raise ScenarioError(f"hosts: {exc}") from None
     try:
         config = Config.from_mapping(data.get("config", {}))
     except InvalidRequest as exc:
         raise ScenarioError(f"config: {exc}") from None
+    try:
+        policy = Policy.from_mapping(data["policy"]) if "policy" in data else Policy()
+    except PolicyError as exc:
+        raise ScenarioError(f"policy: {exc}") from None
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps or len(steps) > MAX_STEPS:
         raise ScenarioError(f"steps must be a non-empty list of at most {MAX_STEPS} steps")
     created: set[str] = set()
     for index, step in enumerate(steps, 1):
         _validate_step(index, step, created, hosts)
-    return Scenario(seed=seed, hosts=tuple(hosts), config=config, steps=tuple(steps))
+    faults = sum(1 for step in steps if "fault" in step)
+    if faults > FaultPlan.MAX_RULES:
+        raise ScenarioError(f"a scenario injects at most {FaultPlan.MAX_RULES} faults")
+    return Scenario(seed=seed, hosts=tuple(hosts), config=config, steps=tuple(steps), policy=policy)
+
+
+def _read(source: str | Path) -> Any:
+    """A file's JSON, read within :data:`MAX_FILE_BYTES`; every failure a ScenarioError."""
+    try:
+        with Path(source).open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScenarioError(f"cannot read {source}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"cannot read {source}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ScenarioError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    except (ValueError, RecursionError) as exc:  # 4300+ digit integers, absurd nesting
+        kind = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ScenarioError(f"not JSON a scenario can hold: {kind}") from None
 
 
 def _validate_step(index: int, step: object, created: set[str], hosts: Sequence[str]) -> None:
@@ -147,31 +187,32 @@ def _validate_step(index: int, step: object, created: set[str], hosts: Sequence[
         guest = step["guest"]
         if not isinstance(guest, Mapping) or set(guest) != {"instance", "event"}:
             raise _fail(index, "guest needs exactly instance and event")
-        if guest["event"] not in ("crash", "shutdown"):
+        if not isinstance(guest["event"], str) or guest["event"] not in ("crash", "shutdown"):
             raise _fail(index, "guest event must be crash or shutdown")
         _known(index, guest["instance"], created)
     elif kind in ("host_down", "host_up"):
-        if step[kind] not in hosts:
-            raise _fail(index, f"{kind} names unknown host {step[kind]!r}")
+        if not isinstance(step[kind], str) or step[kind] not in hosts:
+            raise _fail(index, f"{kind} names unknown host {_validate.show(step[kind])}")
     else:
         _number(step["advance"], "advance", index)
 
 
 def _known(index: int, name: object, created: set[str]) -> None:
     if not isinstance(name, str) or name not in created:
-        raise _fail(index, f"instance {name!r} was not created by an earlier step")
+        raise _fail(index, f"instance {_validate.show(name)} was not created by an earlier step")
 
 
 def _validate_do(index: int, step: Mapping[str, Any], created: set[str]) -> None:
     action, name = step["do"], step.get("instance")
     if not isinstance(action, str) or not DEFAULT_LIFECYCLE.api_actions().get(action):
-        raise _fail(index, f"unknown action {action!r}")
+        raise _fail(index, f"unknown action {_validate.show(action)}")
     if not isinstance(name, str) or not name:
         raise _fail(index, "do needs an instance name")
     if action == "create":
         if name in created:
-            raise _fail(index, f"instance {name!r} is created twice")
-        created.add(name)
+            raise _fail(index, f"instance {_validate.show(name)} is created twice")
+        if step.get("expect", "ok") != "refused":  # a refused create creates nothing
+            created.add(name)
     else:
         _known(index, name, created)
     if "params" in step and not isinstance(step["params"], Mapping):
@@ -282,12 +323,15 @@ class _Runner:
     ) -> None:
         self.scenario = scenario
         self.driver = SimulatorDriver(hosts=scenario.hosts, seed=scenario.seed)
-        self.capture = MemoryCapture(maxlen=None)
+        # bounded: a file is untrusted input; waits for an event count what arrived, not
+        # what is held, so forgetting the oldest notifications changes no outcome
+        self.capture = MemoryCapture(maxlen=MAX_HELD)
         self.engine = Engine(
             self.driver,
             config=scenario.config,
             sinks=[*sinks, self.capture],
             clock=VirtualClock(),
+            policy=scenario.policy,
             seed=scenario.seed,
             store=store,
         )
@@ -312,7 +356,10 @@ class _Runner:
             return await self.wait_for(step["wait_for"])
         elif "guest" in step:
             g = step["guest"]
-            self.driver.guest_event(self.names[g["instance"]], g["event"])
+            try:
+                self.driver.guest_event(self.names[g["instance"]], g["event"])
+            except GuestNotFound:
+                return f"instance {g['instance']!r} has no guest (deleted, or never built)"
             await anyio.sleep(1.0)  # one virtual second: the listener takes the event
             await self.engine.wait_idle(timeout=MAX_TIMEOUT)
         elif "host_down" in step:
@@ -422,5 +469,7 @@ def run_scenario(
         if jsonl is not None:
             jsonl.close()
     return ScenarioOutcome(
-        failure=failure, state=runner.state(), notifications=len(runner.capture.notifications)
+        failure=failure,
+        state=runner.state(),
+        notifications=runner.engine.statistics().notifications,
     )

@@ -17,6 +17,7 @@ from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
 from statemachine.engine import ActionResult, Engine, StepHook
 from statemachine.model import RequestContext
+from statemachine.policy import Policy
 from statemachine.sinks import MemoryCapture, Sink
 from statemachine.store import Store
 
@@ -91,6 +92,7 @@ async def world(
     store: Store | None = None,
     sim: SimulatorDriver | None = None,
     sinks: Sequence[Sink] = (),
+    policy: Policy | None = None,
 ) -> AsyncIterator[World]:
     """A running engine on a simulated fleet (or ``sim``, to keep one across engines) and
     ``store`` (memory by default); leaves it cleanly."""
@@ -104,6 +106,7 @@ async def world(
         seed=seed,
         hooks=hooks,
         store=store,
+        policy=policy,
     )
     async with engine:
         yield World(engine, sim, capture)

@@ -260,8 +260,10 @@ async def test_unknown_things_are_typed_refusals() -> None:
             await w.engine.submit(OWNER, "reboot", uuid, {"type": "GENTLE"})
         with pytest.raises(InvalidRequest, match="unknown action 'force_stop'"):
             await w.engine.submit(OWNER, "force_stop", uuid)  # internal: the system's only
+        with pytest.raises(InvalidRequest, match="uuid"):
+            await w.engine.submit(OWNER, "stop", "no-such-uuid")  # not even a uuid
         with pytest.raises(InstanceNotFound):
-            await w.engine.submit(OWNER, "stop", "no-such-uuid")
+            await w.engine.submit(OWNER, "stop", "00000000-0000-4000-8000-00000000dead")
         await w.engine.act(OWNER, "delete", uuid)
         with pytest.raises(InstanceNotFound):
             await w.engine.submit(OWNER, "stop", uuid)

@@ -18,7 +18,7 @@ from drivers.libvirt import LibvirtDriver
 from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
 from statemachine.engine import Engine, Outcome
-from statemachine.errors import ActionFailed
+from statemachine.errors import ActionFailed, InvalidRequest
 from statemachine.handles import StepInfo
 from statemachine.sinks import MemoryCapture
 from statemachine.states import TaskState, VmState
@@ -272,9 +272,9 @@ async def test_a_domain_destroyed_behind_the_engines_back_is_recorded_stopped() 
 
 @pytest.mark.libvirt
 def test_a_hostile_image_fails_the_create_with_nothing_defined(tmp_path: Path) -> None:
-    """Through the engine (which refuses hostile names itself), an image reference libvirt
-    cannot carry fails the build with InvalidGuest as the cause, the instance goes to error
-    without a host, and the hypervisor stays empty."""
+    """The engine refuses control characters at its boundary; an image reference it accepts
+    but libvirt cannot carry (a Unicode non-character) fails the build with InvalidGuest as the
+    cause, the instance goes to error without a host, and the hypervisor stays empty."""
     libvirt_module()
     uri = empty_node_uri(tmp_path)
 
@@ -283,10 +283,13 @@ def test_a_hostile_image_fails_the_create_with_nothing_defined(tmp_path: Path) -
             LibvirtDriver(uri, options=FAST) as driver,
             Engine(driver, config=Config(drain_timeout=5), clock=VirtualClock()) as engine,
         ):
-            with pytest.raises(ActionFailed) as failed:
+            with pytest.raises(InvalidRequest, match="control characters"):
                 await engine.create(
                     OWNER, name="web1", flavor=TINY, image="cirros\x00</image><devices/>"
                 )
+            assert engine.instances() == []
+            with pytest.raises(ActionFailed) as failed:
+                await engine.create(OWNER, name="web1", flavor=TINY, image="cirros\ufffe")
             assert isinstance(failed.value.__cause__, InvalidGuest)
             (inst,) = engine.instances()
             assert (inst.vm_state, inst.host) == (VmState.ERROR, None)
