@@ -14,6 +14,7 @@ import contextlib
 
 from drivers.base import PowerState
 
+from ._histogram import Histogram
 from ._schema import Action, Concurrency, ErrorPath, ErrorTo, Lifecycle, Rule, Step, Target
 from .amqp import AmqpStatistics, AmqpTransport
 from .audit import AuditEntry, AuditRecord, VerifyReport
@@ -46,6 +47,7 @@ from .errors import (
     IsmError,
     LifecycleError,
     Locked,
+    MissingExtra,
     NoValidHost,
     ScenarioError,
     StepDeadlineExceeded,
@@ -57,7 +59,9 @@ from .errors import (
 )
 from .history import ActionEvent, ActionRecord
 from .lifecycle import DEFAULT_LIFECYCLE
+from .logs import JsonFormatter
 from .machine import LifecycleMachine
+from .metrics import EngineCollector
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
 from .policy import Policy
@@ -93,17 +97,20 @@ __all__ = [
     "DuplicateRequest",
     "Engine",
     "EngineClosed",
+    "EngineCollector",
     "EngineStatistics",
     "ErrorPath",
     "ErrorTo",
     "Fault",
     "Flavor",
     "Forbidden",
+    "Histogram",
     "Instance",
     "InstanceNotFound",
     "InvalidRequest",
     "InvalidState",
     "IsmError",
+    "JsonFormatter",
     "JsonlSink",
     "Lifecycle",
     "LifecycleError",
@@ -112,6 +119,7 @@ __all__ = [
     "LoggingSink",
     "MemoryCapture",
     "MemoryStore",
+    "MissingExtra",
     "NoValidHost",
     "Notification",
     "Notifier",

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drivers.base import Driver, DriverError
 
@@ -17,6 +18,9 @@ from .errors import InvalidRequest, IsmError, ScenarioError
 from .outbox import Transport
 from .sinks import JsonlSink
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = ["main"]
 
@@ -74,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also publish every notification to RabbitMQ (amqp://user:pass@host:port/vhost)",
     )
     sim.add_argument("--notify-exchange", metavar="NAME", help="the topic exchange (default: ism)")
+    sim.add_argument(
+        "--metrics-out",
+        type=Path,
+        metavar="FILE",
+        help="write the engine's Prometheus metrics (text format) here at the end of the run",
+    )
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
@@ -130,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
+    metrics = _metrics_writer(args.metrics_out)
     driver = _chosen_driver(args)
     store = _chosen_store(args)
     sinks = (
@@ -150,10 +161,13 @@ def _simulate(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_ready=_ready if args.db else None,
             transports=_transports(args),
+            on_engine=metrics.engines.append if metrics is not None else None,
         )
     finally:
         for sink in sinks:
             sink.close()
+    if metrics is not None:
+        metrics.write()
     print(report.render())
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     if args.db:
@@ -161,6 +175,34 @@ def _simulate(args: argparse.Namespace) -> int:
     if report.signal is not None:
         return 128 + report.signal
     return 0 if report.stuck == 0 else 1
+
+
+class _MetricsOut:
+    """Where ``--metrics-out`` writes the engine's metrics once the run ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engines: list[Engine] = []
+
+    def write(self) -> None:
+        from .metrics import write_metrics
+
+        try:
+            write_metrics(self.engines[0], self.path)
+        except OSError as exc:
+            raise InvalidRequest(f"--metrics-out {self.path}: {exc.strerror or exc}") from None
+
+
+def _metrics_writer(path: Path | None) -> _MetricsOut | None:
+    """Checked before the run, so a missing extra or directory is said at once, not after."""
+    if path is None:
+        return None
+    from .metrics import require_client
+
+    require_client()
+    if not path.parent.is_dir():
+        raise InvalidRequest(f"--metrics-out {path}: no directory {path.parent}")
+    return _MetricsOut(path)
 
 
 def _transports(args: argparse.Namespace) -> list[Transport]:

@@ -61,6 +61,7 @@ from ._schema import (
     TimedTransition,
     trigger_name,
 )
+from ._telemetry import Telemetry
 from ._timers import TimerHandle, TimerService
 from ._watch import ChangeFeed
 from .audit import AuditEntry, AuditEvent
@@ -214,6 +215,7 @@ class Engine:
         self._by_action: dict[str, dict[str, int]] = {}
         self._changes = 0
         self._notifications = 0
+        self._telemetry = Telemetry(self.clock)  # latencies, spans, the action log (issue 12)
 
     # -- life of the engine --------------------------------------------------------------
 
@@ -380,6 +382,9 @@ class Engine:
         for inst in self._store.all():
             count += 1
             by_state[inst.vm_state.value] = by_state.get(inst.vm_state.value, 0) + 1
+        measured = self._telemetry.snapshot()
+        timers = self._timers.statistics()
+        outbox = self._outbox.statistics()
         return EngineStatistics(
             instances=count,
             by_vm_state=by_state,
@@ -390,7 +395,15 @@ class Engine:
             by_action={k: dict(v) for k, v in self._by_action.items()},
             state_changes=self._changes,
             notifications=self._notifications,
-            timers_armed=self._timers.statistics().armed,
+            timers_armed=timers.armed,
+            action_seconds=measured.action_seconds,
+            step_seconds=measured.step_seconds,
+            vm_state_seconds=measured.vm_state_seconds,
+            driver_errors=measured.driver_errors,
+            timers_fired=timers.fired,
+            timer_lateness=timers.lateness,
+            outbox_backlog=outbox.backlog,
+            outbox_oldest_age=self._telemetry.outbox_age(outbox.oldest_timestamp),
         )
 
     def adopt(self, records: Iterable[Instance]) -> int:
@@ -550,6 +563,7 @@ class Engine:
         except ActionRefused as exc:
             self._refused += 1
             self._count(action if isinstance(action, str) else "?", "refused")
+            self._telemetry.refused(ctx, action, instance, exc)
             if not isinstance(exc, EngineClosed):
                 await self._audit_refusal(ctx, action, instance, exc)
             raise
@@ -868,6 +882,7 @@ class Engine:
         if handle.ctx.request_id is not None:
             self._by_request[handle.ctx.request_id] = handle
         self._inflight.add(handle)
+        self._telemetry.accepted(handle)
         self._active += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
@@ -907,6 +922,7 @@ class Engine:
         and record how it ended."""
         error: IsmError | None = None
         outcome = Outcome.FAILED  # until it is known to have ended otherwise
+        self._telemetry.action_started(handle)
         try:
             with handle.scope:
                 error = await (body() if body is not None else self._run_steps(handle))
@@ -971,6 +987,7 @@ class Engine:
             )
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
             self._count(handle.name, outcome)
+            self._telemetry.action_ended(handle)
             handle.done.set()
             self._active -= 1
             if self._active == 0:
@@ -1087,7 +1104,10 @@ class Engine:
         )
         token = CURRENT_CALL.set(CallContext(handle.action.public_name, _step_name(step)))
         try:
-            with self._deadline(step.deadline):
+            with (
+                self._deadline(step.deadline) as deadline,
+                self._telemetry.step(handle, step, deadline),
+            ):
                 await self._run_hooks(handle, step)
                 return await CALLS[step.call](run) if step.call is not None else {}
         finally:
@@ -1163,7 +1183,10 @@ class Engine:
                 handle.extra,
             )
             try:
-                with self._deadline(step.deadline) as scope:
+                with (
+                    self._deadline(step.deadline) as scope,
+                    self._telemetry.step(handle, step, scope, error_path=path.call),
+                ):
                     await self._run_hooks(handle, step, error_path=True)
                     changes.update(await CALLS[path.call](run))
                 if scope.cancelled_caught:
@@ -1379,6 +1402,7 @@ class Engine:
     def _committed(self, old: Instance | None, new: Instance, handle: ActionHandle | None) -> None:
         """What follows a durable commit, synchronously: placement, timers, watchers."""
         self._changes += 1
+        self._telemetry.committed(old, new)
         self._placement.update(new)
         self._rearm(new)
         if self._feed.active:
