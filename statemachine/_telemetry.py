@@ -42,6 +42,7 @@ from .redact import scrub
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
+    from opentelemetry.trace import TracerProvider
 
     from ._schema import Call, Step
 
@@ -93,9 +94,9 @@ class TelemetrySnapshot:
 class Telemetry:
     """The engine's measurements, spans and action log; bounded by the lifecycle's size."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, tracer_provider: TracerProvider | None = None) -> None:
         self._clock = clock
-        self._tracing = _tracing.load()
+        self._tracing = _tracing.load(tracer_provider)
         self._actions: dict[str, HistogramRecorder] = {}
         self._steps: dict[tuple[str, str, str], HistogramRecorder] = {}
         self._residency: dict[str, HistogramRecorder] = {}
@@ -162,12 +163,8 @@ class Telemetry:
             if step is not None:
                 closing["ism.step"] = step
             failed = result.outcome == Outcome.FAILED and kind is not None
-            self._tracing.end(
-                opened,
-                closing,
-                self._clock.wall(),
-                error=(kind, message or "") if failed and kind is not None else None,
-            )
+            error = (kind or "", message or "") if failed else None
+            self._tracing.end(opened, closing, self._clock.wall(), error=error)
         level = logging.WARNING if result.outcome == Outcome.FAILED else logging.INFO
         if log.isEnabledFor(level):
             _log_outcome(
@@ -358,8 +355,9 @@ def _log_outcome(
         "error": error,
         "error_message": error_message,
     }
-    text = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
-    log.log(level, "%s", text, extra=fields)
+    present = {k: v for k, v in fields.items() if v is not None}
+    text = " ".join(f"{k}={_value(v)}" for k, v in present.items())
+    log.log(level, "%s", text, extra=present)
 
 
 def _value(value: object) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
 __all__ = ["OpenSpan", "Tracing", "load"]
 
@@ -99,11 +99,12 @@ class Tracing:
         self._context.detach(opened.token)
 
 
-def load() -> Tracing | None:
-    """ism's tracer through the global tracer provider, or None without opentelemetry-api.
+def load(provider: TracerProvider | None = None) -> Tracing | None:
+    """ism's tracer from ``provider`` (default: the global one), or None without
+    opentelemetry-api.
 
-    A provider the service installs later still receives the spans: the API's proxy tracer
-    forwards to it.
+    A global provider the service installs later still receives the spans: the API's proxy
+    tracer forwards to it.
     """
     try:
         from opentelemetry import trace
@@ -111,7 +112,7 @@ def load() -> Tracing | None:
         return None
     from . import __version__
 
-    return Tracing(trace.get_tracer(INSTRUMENTATION, __version__))
+    return Tracing(trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider=provider))
 
 
 def _nanos(when: dt.datetime) -> int:

@@ -30,7 +30,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Literal, Self, final, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, final, overload
 
 import anyio
 import attrs
@@ -110,6 +110,9 @@ from .sinks import Sink
 from .states import TaskState, VmState
 from .store import MemoryStore, RequestRecord, Store, Write
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 __all__ = [
     "ActionHandle",
     "ActionResult",
@@ -132,6 +135,9 @@ class Engine:
     event listener in a task group; leaving stops accepting actions, lets running ones finish
     within ``config.drain_timeout``, then cancels the rest (each ends down its error path or
     preempted, never half-written).
+
+    ``tracer_provider`` is OpenTelemetry's provider of ism's spans (one per action and per
+    step; the global provider when None; nothing without ``opentelemetry-api``).
     """
 
     def __init__(
@@ -147,6 +153,7 @@ class Engine:
         hooks: Sequence[StepHook] = (),
         store: Store | None = None,
         transports: Sequence[Transport] = (),
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
@@ -215,7 +222,8 @@ class Engine:
         self._by_action: dict[str, dict[str, int]] = {}
         self._changes = 0
         self._notifications = 0
-        self._telemetry = Telemetry(self.clock)  # latencies, spans, the action log (issue 12)
+        # latencies, spans and the action log, for operators (issue 12)
+        self._telemetry = Telemetry(self.clock, tracer_provider=tracer_provider)
 
     # -- life of the engine --------------------------------------------------------------
 
@@ -392,7 +400,7 @@ class Engine:
             accepted=self._accepted,
             refused=self._refused,
             outcomes=dict(self._outcomes),
-            by_action={k: dict(v) for k, v in self._by_action.items()},
+            by_action={k: {str(o): n for o, n in v.items()} for k, v in self._by_action.items()},
             state_changes=self._changes,
             notifications=self._notifications,
             timers_armed=timers.armed,

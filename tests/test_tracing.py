@@ -1,30 +1,30 @@
 """OpenTelemetry spans: one per action and per step, children of the caller's span.
 
-The SDK and its in-memory exporter are test dependencies only; ism itself uses the API. The
-global tracer provider can be set once per process, so it is set once here and records only
-while a test of this module listens (other tests' spans are dropped).
+The SDK and its in-memory exporter are test dependencies only; ism itself uses the API. Each
+test gives its engine a provider of its own (the global one can be set once per process);
+one test checks the global provider in a process of its own.
 """
 
 from __future__ import annotations
 
-import functools
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import StatusCode, Tracer
 
 from drivers.base import GuestSpec, PowerState
 from drivers.simulator import FaultRule, SimulatorDriver
-from statemachine import RequestContext
+from statemachine import Engine, RequestContext
 from statemachine._telemetry import Telemetry
 from statemachine.clock import VirtualClock
 from statemachine.errors import ActionFailed
-from tests.support import OWNER, virtual, world
+from tests.support import OWNER, SMALL, virtual, world
 
 REQUEST = RequestContext(
     user_id="u1", project_id="p1", roles=frozenset({"member"}), request_id="req-trace-1"
@@ -32,45 +32,40 @@ REQUEST = RequestContext(
 CANARY = "CANARY-span-3b9d"
 
 
-class _Listening(SimpleSpanProcessor):
-    """Exports ended spans only while a test listens."""
-
-    listening = False
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.listening:
-            super().on_end(span)
-
-
-@functools.cache
-def _installed() -> tuple[_Listening, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    processor = _Listening(exporter)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    trace.set_tracer_provider(provider)
-    return processor, exporter
-
-
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The in-memory exporter, recording for the test's duration."""
-    processor, exporter = _installed()
-    exporter.clear()
-    processor.listening = True
-    try:
-        yield exporter
-    finally:
-        processor.listening = False
-        exporter.clear()
+def spans() -> InMemorySpanExporter:
+    """An exporter that keeps the spans of this test's tracer provider (see :func:`traced`)."""
+    return InMemorySpanExporter()
+
+
+@asynccontextmanager
+async def traced(
+    exporter: InMemorySpanExporter, sim: SimulatorDriver | None = None
+) -> AsyncIterator[tuple[Engine, SimulatorDriver, Tracer]]:
+    """An engine whose spans go to ``exporter`` (its own provider, not the global one), and a
+    tracer of the same provider for the caller's spans."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sim = sim or SimulatorDriver(hosts=["compute1"], seed=0)
+    engine = Engine(sim, clock=VirtualClock(), seed=0, tracer_provider=provider)
+    async with engine:
+        yield engine, sim, provider.get_tracer("test.service")
 
 
 class _TracedSimulator(SimulatorDriver):
     """A driver instrumented as a real one might be: a span of its own per power-off."""
 
+    tracer: Tracer | None = None
+
     async def power_off(self, guest: GuestSpec, *, timeout: float) -> PowerState:
-        with trace.get_tracer("test.driver").start_as_current_span("driver power_off"):
+        assert self.tracer is not None
+        with self.tracer.start_as_current_span("driver power_off"):
             return await super().power_off(guest, timeout=timeout)
+
+
+async def _create(engine: Engine) -> str:
+    result = await engine.create(OWNER, name="vm1", flavor=SMALL, image="cirros")
+    return result.instance.uuid
 
 
 def _named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -84,12 +79,12 @@ def test_action_span_is_a_child_of_the_callers_span(spans: InMemorySpanExporter)
     @virtual
     async def scenario() -> None:
         sim = _TracedSimulator(hosts=["compute1"], seed=0)
-        async with world(sim=sim) as w:
-            uuid = await w.create()
+        async with traced(spans, sim) as (engine, _, tracer):
+            sim.tracer = tracer
+            uuid = await _create(engine)
             spans.clear()
-            tracer = trace.get_tracer("test.service")
             with tracer.start_as_current_span("POST /servers/action"):
-                handle = await w.engine.submit(REQUEST, "stop", uuid)
+                handle = await engine.submit(REQUEST, "stop", uuid)
             await handle.wait()  # the action runs on after the caller's span ended
             holder.append(uuid)
 
@@ -139,11 +134,11 @@ def test_failed_action_marks_both_spans_with_the_error_class(
 
     @virtual
     async def scenario() -> None:
-        async with world() as w:
-            uuid = await w.create()
-            w.sim.faults.add(FaultRule(action="pause", message=f"password={CANARY} refused"))
+        async with traced(spans) as (engine, sim, _):
+            uuid = await _create(engine)
+            sim.faults.add(FaultRule(action="pause", message=f"password={CANARY} refused"))
             with pytest.raises(ActionFailed):
-                await w.engine.act(REQUEST, "pause", uuid)
+                await engine.act(REQUEST, "pause", uuid)
 
     scenario()
     [action] = _named(spans, "ism pause")
@@ -167,9 +162,9 @@ def test_spans_are_stamped_with_the_engines_clock(spans: InMemorySpanExporter) -
 
     @virtual
     async def scenario() -> None:
-        async with world() as w:
-            uuid = await w.create()
-            result = await w.engine.act(OWNER, "stop", uuid)
+        async with traced(spans) as (engine, _, _):
+            uuid = await _create(engine)
+            result = await engine.act(OWNER, "stop", uuid)
             durations.append(result.duration)
 
     durations: list[float] = []
@@ -197,3 +192,51 @@ def test_without_opentelemetry_tracing_is_a_no_op(monkeypatch: pytest.MonkeyPatc
             assert w.engine.statistics().by_action["stop"] == {"ok": 1}
 
     scenario()
+
+
+GLOBAL_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from drivers import SimulatorDriver
+from statemachine import Engine, RequestContext, VirtualClock, run_virtual
+
+engine = Engine(SimulatorDriver(seed=0), clock=VirtualClock(), seed=0)  # before the provider
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+ctx = RequestContext(user_id="u", project_id="p")
+
+
+async def main() -> None:
+    async with engine:
+        made = await engine.create(ctx, name="vm", flavor={"vcpus": 1, "memory_mb": 1,
+                                   "root_gb": 1}, image="cirros")
+        await engine.act(ctx, "stop", made.instance.uuid)
+
+
+run_virtual(main)
+print(sorted(s.name for s in exporter.get_finished_spans()))
+"""
+
+
+def test_default_is_the_global_provider_even_one_set_later() -> None:
+    """Without ``tracer_provider`` the spans go to the global provider, even one the service
+    installs after making the engine (a process of its own: the global is set once)."""
+    result = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == str(
+        sorted(
+            [
+                "ism create",
+                "ism create scheduling",
+                "ism create spawning",
+                "ism stop",
+                "ism stop powering-off",
+            ]
+        )
+    )
