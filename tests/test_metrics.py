@@ -142,3 +142,15 @@ def test_collector_without_prometheus_client_is_a_typed_error(
         EngineCollector(object())  # type: ignore[arg-type]
     assert isinstance(caught.value, ImportError)
     assert (caught.value.extra, caught.value.module) == ("metrics", "prometheus_client")
+
+
+def test_readme_lists_every_metric_family() -> None:
+    """The README's table of metrics names exactly the families a collector yields."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| metric | type | labels |") :].split("\n\n")[0]
+    listed = {
+        name.removesuffix("_total")
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`(ism_\w+)`", row.split("|")[1])
+    }
+    assert listed == set(METRIC_NAMES)
