@@ -113,20 +113,21 @@ class Telemetry:
 
     @property
     def tracing(self) -> bool:
-        """Whether spans are made (``opentelemetry-api`` is installed)."""
-        return self._tracing is not None
+        """Whether spans are made now (``opentelemetry-api`` is installed and a provider that
+        records is in place)."""
+        return self._tracing is not None and self._tracing.enabled()
 
     # -- the engine's calls -------------------------------------------------------------------
 
     def accepted(self, handle: ActionHandle) -> None:
         """Called where the action is accepted, in the caller's task: remember the caller's
         trace context, which the action's own task makes its span's parent."""
-        if self._tracing is not None:
+        if self._tracing is not None and self._tracing.enabled():
             self._parents[handle] = self._tracing.current()
 
     def action_started(self, handle: ActionHandle) -> None:
         """Called first in the action's task: open its span, current for its steps."""
-        if self._tracing is None:
+        if self._tracing is None or not self._tracing.enabled():
             return
         ctx = handle.ctx
         attributes: dict[str, str | bool | int | float] = {
@@ -215,7 +216,7 @@ class Telemetry:
         call_label = call.value if call is not None else NO_STEP
         started = anyio.current_time()
         opened = None
-        if self._tracing is not None:
+        if self._tracing is not None and handle in self._spans:  # its action is traced
             attributes: dict[str, str | bool | int | float] = {
                 "ism.action": handle.name,
                 "ism.action.id": handle.id,

@@ -240,3 +240,12 @@ def test_default_is_the_global_provider_even_one_set_later() -> None:
             ]
         )
     )
+
+
+def test_a_provider_that_records_nothing_makes_no_spans() -> None:
+    """With the API alone (its no-op or not-yet-set proxy provider) no span is made at all;
+    an SDK provider turns tracing on."""
+    from opentelemetry.trace import NoOpTracerProvider
+
+    assert Telemetry(VirtualClock(), tracer_provider=NoOpTracerProvider()).tracing is False
+    assert Telemetry(VirtualClock(), tracer_provider=TracerProvider()).tracing is True
