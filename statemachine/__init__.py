@@ -15,6 +15,7 @@ import contextlib
 from drivers.base import PowerState
 
 from ._calls import StepCall, StepRun
+from ._histogram import Histogram
 from ._schema import (
     Action,
     Concurrency,
@@ -64,6 +65,7 @@ from .errors import (
     IsmError,
     LifecycleError,
     Locked,
+    MissingExtra,
     NoValidHost,
     PolicyError,
     ScenarioError,
@@ -77,7 +79,9 @@ from .errors import (
 )
 from .history import ActionEvent, ActionRecord
 from .lifecycle import DEFAULT_LIFECYCLE
+from .logs import JsonFormatter
 from .machine import LifecycleMachine
+from .metrics import EngineCollector
 from .model import SYSTEM_CONTEXT, Fault, Flavor, Instance, RequestContext
 from .notify import Notification, Notifier, NotifySettings
 from .outbox import Transport
@@ -123,17 +127,20 @@ __all__ = [
     "DuplicateRequest",
     "Engine",
     "EngineClosed",
+    "EngineCollector",
     "EngineStatistics",
     "ErrorPath",
     "ErrorTo",
     "Fault",
     "Flavor",
     "Forbidden",
+    "Histogram",
     "Instance",
     "InstanceNotFound",
     "InvalidRequest",
     "InvalidState",
     "IsmError",
+    "JsonFormatter",
     "JsonlSink",
     "Lifecycle",
     "LifecycleError",
@@ -142,6 +149,7 @@ __all__ = [
     "LoggingSink",
     "MemoryCapture",
     "MemoryStore",
+    "MissingExtra",
     "NoValidHost",
     "Notification",
     "Notifier",

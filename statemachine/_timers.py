@@ -13,6 +13,8 @@ from collections.abc import Callable
 import anyio
 import attrs
 
+from ._histogram import LATENESS_BUCKETS, Histogram, HistogramRecorder
+
 __all__ = ["TimerHandle", "TimerService", "TimerStatistics"]
 
 
@@ -41,6 +43,8 @@ class TimerStatistics:
     fired: int
     max_lateness: float
     recent_lateness: tuple[float, ...]
+    lateness: Histogram
+    """Every firing's lateness since the start, in fixed buckets (the metrics' histogram)."""
 
 
 class TimerService:
@@ -55,6 +59,7 @@ class TimerService:
         self._max_late = 0.0
         self._late: list[float] = []
         self._window = lateness_window
+        self._lateness = HistogramRecorder(LATENESS_BUCKETS)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         """Arm ``callback`` for loop time ``when``."""
@@ -82,6 +87,7 @@ class TimerService:
             fired=self._fired,
             max_lateness=self._max_late,
             recent_lateness=tuple(self._late),
+            lateness=self._lateness.snapshot(),
         )
 
     async def run(self) -> None:
@@ -101,6 +107,7 @@ class TimerService:
                 if len(self._late) >= self._window:
                     del self._late[: self._window // 2]
                 self._late.append(late)
+                self._lateness.observe(late)
                 callback()
             self._wake = anyio.Event()
             delay = self._heap[0][0] - now if self._heap else None

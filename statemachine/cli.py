@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import Driver, DriverError
 
@@ -18,6 +18,9 @@ from .errors import InvalidRequest, IsmError, ScenarioError
 from .outbox import Transport
 from .sinks import JsonlSink
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = ["main"]
 
@@ -92,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --host: a host whose engine has not heartbeat for S seconds is down (60)",
     )
+    sim.add_argument(
+        "--metrics-out",
+        type=Path,
+        metavar="FILE",
+        help="write the engine's Prometheus metrics (text format) here at the end of the run",
+    )
 
     run = sub.add_parser("run", help="run a scenario file on the simulator")
     run.add_argument("scenario", type=Path)
@@ -161,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
+    metrics = _metrics_writer(args.metrics_out)
     driver = _chosen_driver(args)
     store = _chosen_store(args)
     sinks = (
@@ -182,10 +192,13 @@ def _simulate(args: argparse.Namespace) -> int:
             on_ready=_ready if args.db else None,
             transports=_transports(args),
             **_host_mode(args),
+            on_engine=metrics.engines.append if metrics is not None else None,
         )
     finally:
         for sink in sinks:
             sink.close()
+    if metrics is not None:
+        metrics.write()
     print(report.render())
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     if args.db:
@@ -212,6 +225,34 @@ def _host_mode(args: argparse.Namespace) -> dict[str, Any]:
         "evacuate": args.evacuate,
         "service_down_time": args.service_down_time,
     }
+
+
+class _MetricsOut:
+    """Where ``--metrics-out`` writes the engine's metrics once the run ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engines: list[Engine] = []
+
+    def write(self) -> None:
+        from .metrics import write_metrics
+
+        try:
+            write_metrics(self.engines[0], self.path)
+        except OSError as exc:
+            raise InvalidRequest(f"--metrics-out {self.path}: {exc.strerror or exc}") from None
+
+
+def _metrics_writer(path: Path | None) -> _MetricsOut | None:
+    """Checked before the run, so a missing extra or directory is said at once, not after."""
+    if path is None:
+        return None
+    from .metrics import require_client
+
+    require_client()
+    if not path.parent.is_dir():
+        raise InvalidRequest(f"--metrics-out {path}: no directory {path.parent}")
+    return _MetricsOut(path)
 
 
 def _transports(args: argparse.Namespace) -> list[Transport]:

@@ -32,7 +32,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Literal, Self, final, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, final, overload
 
 import anyio
 import attrs
@@ -65,6 +65,7 @@ from ._schema import (
     state_name,
     trigger_name,
 )
+from ._telemetry import Telemetry
 from ._timers import TimerHandle, TimerService
 from ._watch import ChangeFeed
 from .audit import AuditEntry, AuditEvent
@@ -114,6 +115,9 @@ from .sinks import Sink
 from .states import TaskState, VmState
 from .store import MemoryStore, RequestRecord, Store, Write
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 __all__ = [
     "ActionHandle",
     "ActionResult",
@@ -136,6 +140,9 @@ class Engine:
     event listener in a task group; leaving stops accepting actions, lets running ones finish
     within ``config.drain_timeout``, then cancels the rest (each ends down its error path or
     preempted, never half-written).
+
+    ``tracer_provider`` is OpenTelemetry's provider of ism's spans (one per action and per
+    step; the global provider when None; nothing without ``opentelemetry-api``).
     """
 
     def __init__(
@@ -154,6 +161,7 @@ class Engine:
         after_hooks: Sequence[StepHook] = (),
         calls: Mapping[str, StepCall] | None = None,
         state_map: Mapping[str, str] | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.driver = driver
         self._hooks = tuple(hooks)
@@ -229,6 +237,8 @@ class Engine:
         self._by_action: dict[str, dict[str, int]] = {}
         self._changes = 0
         self._notifications = 0
+        # latencies, spans and the action log, for operators (issue 12)
+        self._telemetry = Telemetry(self.clock, tracer_provider=tracer_provider)
 
     # -- life of the engine --------------------------------------------------------------
 
@@ -500,6 +510,9 @@ class Engine:
         for inst in self._store.all():
             count += 1
             by_state[inst.vm_state.value] = by_state.get(inst.vm_state.value, 0) + 1
+        measured = self._telemetry.snapshot()
+        timers = self._timers.statistics()
+        outbox = self._outbox.statistics()
         return EngineStatistics(
             instances=count,
             by_vm_state=by_state,
@@ -507,10 +520,18 @@ class Engine:
             accepted=self._accepted,
             refused=self._refused,
             outcomes=dict(self._outcomes),
-            by_action={k: dict(v) for k, v in self._by_action.items()},
+            by_action={k: {str(o): n for o, n in v.items()} for k, v in self._by_action.items()},
             state_changes=self._changes,
             notifications=self._notifications,
-            timers_armed=self._timers.statistics().armed,
+            timers_armed=timers.armed,
+            action_seconds=measured.action_seconds,
+            step_seconds=measured.step_seconds,
+            vm_state_seconds=measured.vm_state_seconds,
+            driver_errors=measured.driver_errors,
+            timers_fired=timers.fired,
+            timer_lateness=timers.lateness,
+            outbox_backlog=outbox.backlog,
+            outbox_oldest_age=self._telemetry.outbox_age(outbox.oldest_timestamp),
         )
 
     def adopt(self, records: Iterable[Instance]) -> int:
@@ -671,6 +692,7 @@ class Engine:
             self._refused += 1
             known = isinstance(action, str) and action in self._api_names
             self._count(action if known else "(unknown)", "refused")  # bounded by the table
+            self._telemetry.refused(ctx, action, instance, exc)
             if not isinstance(exc, EngineClosed):
                 await self._audit_refusal(ctx, action, instance, exc)
             raise
@@ -992,6 +1014,7 @@ class Engine:
         if handle.ctx.request_id is not None:
             self._by_request[handle.ctx.request_id] = handle
         self._inflight.add(handle)
+        self._telemetry.accepted(handle)
         self._active += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
@@ -1031,6 +1054,7 @@ class Engine:
         and record how it ended."""
         error: IsmError | None = None
         outcome = Outcome.FAILED  # until it is known to have ended otherwise
+        self._telemetry.action_started(handle)
         try:
             with handle.scope:
                 error = await (body() if body is not None else self._run_steps(handle))
@@ -1095,6 +1119,7 @@ class Engine:
             )
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
             self._count(handle.name, outcome)
+            self._telemetry.action_ended(handle)
             handle.done.set()
             self._active -= 1
             if self._active == 0:
@@ -1211,7 +1236,10 @@ class Engine:
         )
         token = CURRENT_CALL.set(CallContext(handle.action.public_name, _step_name(step)))
         try:
-            with self._deadline(step.deadline):
+            with (
+                self._deadline(step.deadline) as deadline,
+                self._telemetry.step(handle, step, deadline),
+            ):
                 await self._run_hooks(handle, step)
                 changes = await self._calls[step.call](run) if step.call is not None else {}
                 await self._run_hooks(handle, step, after=changes)
@@ -1297,7 +1325,10 @@ class Engine:
                 handle.extra,
             )
             try:
-                with self._deadline(step.deadline) as scope:
+                with (
+                    self._deadline(step.deadline) as scope,
+                    self._telemetry.step(handle, step, scope, error_path=path.call),
+                ):
                     await self._run_hooks(handle, step, error_path=True)
                     changes.update(await self._calls[path.call](run))
                 if scope.cancelled_caught:
@@ -1525,6 +1556,7 @@ class Engine:
     def _committed(self, old: Instance | None, new: Instance, handle: ActionHandle | None) -> None:
         """What follows a durable commit, synchronously: placement, timers, watchers."""
         self._changes += 1
+        self._telemetry.committed(old, new)
         self._placement.update(new)
         self._rearm(new)
         if self._feed.active:

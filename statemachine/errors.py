@@ -27,7 +27,8 @@
     ├── StoreError                  storage failed or cannot be opened (locked, schema, I/O)
     ├── PolicyError                 a policy (file or rules) is invalid (also ValueError)
     ├── ScenarioError               a scenario file is invalid (also ValueError)
-    └── TransportError              notifications were not confirmed by the broker; retry later
+    ├── TransportError              notifications were not confirmed by the broker; retry later
+    └── MissingExtra                an optional extra is not installed (also ImportError)
 
 Driver errors (:mod:`drivers.base`) form their own tree; the engine records them as the cause
 of an :class:`ActionFailed` and as the instance's fault.
@@ -70,6 +71,7 @@ __all__ = [
     "IsmError",
     "LifecycleError",
     "Locked",
+    "MissingExtra",
     "NoValidHost",
     "PolicyError",
     "ScenarioError",
@@ -300,3 +302,22 @@ class TransportError(IsmError):
     def __init__(self, message: str, *, confirmed: int = 0) -> None:
         self.confirmed = confirmed
         super().__init__(message)
+
+
+class MissingExtra(IsmError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the
+    ``pip install`` that adds it.
+
+    Attributes:
+        extra: The extra's name (``metrics``).
+        module: The module that could not be imported (``prometheus_client``).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, extra: str, module: str, feature: str) -> None:
+        self.extra = extra
+        self.module = module
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: pip install 'ism-engine[{extra}]'"
+        )

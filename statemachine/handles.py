@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ._histogram import Histogram
 from ._schema import Action, Step
 from .audit import AuditEntry
 from .errors import IsmError, WaitTimeout
@@ -110,6 +111,26 @@ class EngineStatistics:
     state_changes: int
     notifications: int
     timers_armed: int
+    # -- for operators (issue 12): read by statemachine.metrics at scrape time; every
+    # mapping is keyed by a finite set (actions, steps, vm_states, error classes)
+    action_seconds: Mapping[str, Histogram] = attrs.field(factory=dict)
+    """Seconds from acceptance to end, per action (every outcome)."""
+    step_seconds: Mapping[tuple[str, str, str], Histogram] = attrs.field(factory=dict)
+    """Seconds of each step's call (its hooks and driver call, under its deadline), per
+    ``(action, step, call)``: the step is its task_state (several steps may share one: a
+    delete's destroy and release), the call what it ran (an error path's clean-up call
+    included); ``"none"`` for either when there is none."""
+    vm_state_seconds: Mapping[str, Histogram] = attrs.field(factory=dict)
+    """How long instances stayed in each vm_state, counted when they leave it."""
+    driver_errors: Mapping[str, int] = attrs.field(factory=dict)
+    """Failed driver calls in steps, by exception class (``InjectedFault``, ``DriverTimeout``)."""
+    timers_fired: int = 0
+    timer_lateness: Histogram | None = None
+    """Seconds each timer (deadline, timed transition) fired after it was due."""
+    outbox_backlog: int = 0
+    """Committed notifications not yet taken by every sink and transport."""
+    outbox_oldest_age: float = 0.0
+    """Seconds since the oldest of those was stamped (0 when none waits)."""
 
 
 @attrs.frozen

@@ -74,6 +74,9 @@ class OutboxStatistics:
     blocked: bool
     published: int = 0
     publish_failures: int = 0
+    oldest_timestamp: str | None = None
+    """The envelope ``timestamp`` of the oldest message some destination has not taken yet
+    (None when nothing waits): its age is how far behind delivery runs."""
 
 
 class Outbox:
@@ -115,6 +118,8 @@ class Outbox:
         self._published = 0
         self._publish_failures = 0
         self._progress = anyio.Event()
+        self._first_refused: Notification | None = None
+        """The oldest message a sink refused and has not taken since (sinks take in order)."""
 
     @property
     def backlog(self) -> int:
@@ -135,7 +140,16 @@ class Outbox:
             self._blocked,
             self._published,
             self._publish_failures,
+            self._oldest_timestamp(),
         )
+
+    def _oldest_timestamp(self) -> str | None:
+        """The oldest undelivered message's timestamp: the transports' queue head passed the
+        sinks before anything a sink refused, but both are compared (same format, UTC)."""
+        stamps = [n.timestamp for n in (self._first_refused,) if n is not None]
+        if self._publishing:
+            stamps.append(self._publishing[0].timestamp)
+        return min(stamps, default=None)
 
     async def wait_delivered(self) -> None:
         """Return once nothing committed waits for a destination (unbounded: the caller's
@@ -186,7 +200,14 @@ class Outbox:
                 )
             self._blocked = True
             self._wake.set()
+            if self._first_refused is None:
+                self._first_refused = notification
             return False
+        if (
+            self._first_refused is not None
+            and self._first_refused.message_id == notification.message_id
+        ):
+            self._first_refused = None
         self._delivered += 1
         self._warned = False
         if self.transports:
@@ -205,7 +226,7 @@ class Outbox:
             await self._flush_marks()
             rows = await self._store.unsent(self._chunk, after=cursor)
             if not rows:
-                self._blocked, self._backlog = False, 0
+                self._blocked, self._backlog, self._first_refused = False, 0, None
                 self._progress.set()
                 return total
             for position, notification in rows:
