@@ -356,6 +356,7 @@ def _action_changes(a: ExportedAction, b: ExportedAction) -> list[str]:
         ("notification", a.event, b.event),
         ("name callers use", a.public_name, b.public_name),
         ("variant", a.variant, b.variant),
+        ("variant_param", a.variant_param, b.variant_param),
         ("internal", a.internal, b.internal),
         ("params", a.params, b.params),
         ("required params", a.required, b.required),

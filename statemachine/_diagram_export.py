@@ -160,6 +160,13 @@ class ExportedAction:
     target: str
     error_path: ExportedErrorPath
     power_after: str | None
+    variant_param: str = "type"
+
+    @property
+    def immediate(self) -> bool:
+        """An action whose acceptance is its whole change (``reset_state``): it sets no
+        task_state, yet leaves the instance in another state."""
+        return not self.free and bool(self.steps) and self.steps[0].task_state is None
 
     @property
     def free(self) -> bool:
@@ -345,6 +352,7 @@ def _export_action(a: Action) -> ExportedAction:
         name=a.name,
         public_name=a.public_name,
         variant=a.variant,
+        variant_param=a.variant_param,
         doc=a.doc,
         event=a.event,
         internal=a.internal,
@@ -601,6 +609,7 @@ def _read_action(r: _Reader) -> ExportedAction:
         name=r.text("name"),
         public_name=r.text("public_name"),
         variant=r.opt_text("variant"),
+        variant_param=r.opt_text("variant_param") or "type",
         doc=r.text("doc"),
         event=r.text("event"),
         internal=r.flag("internal"),

@@ -101,14 +101,19 @@ def path_view(x: LifecycleExport, points: Sequence[PathPoint], *, instance: str 
         if not names or names[-1] != name:
             names.append(name)
             times.append(p.at)
+    # a reset leads from anywhere: it explains a step only when nothing else does, or it
+    # would hide every failure into error
     kinds: dict[tuple[str, str], set[str]] = {}
+    reset_kinds: dict[tuple[str, str], set[str]] = {}
+    resets = {a.name for a in x.actions if a.immediate}
     for t in x.transitions:
-        kinds.setdefault((t.source, t.dest), set()).add(t.kind)
+        by = reset_kinds if t.action in resets else kinds
+        by.setdefault((t.source, t.dest), set()).add(t.kind)
     stable_steps = {(i.source, i.dest) for i in base.items}
     items = list(base.items)
     for i in range(1, len(names)):
         src, dst = names[i - 1], names[i]
-        found = kinds.get((src, dst), set())
+        found = kinds.get((src, dst)) or reset_kinds.get((src, dst), set())
         text = f"{i}. +{format_seconds(round((times[i] - times[0]).total_seconds()))}"
         if not found and (src, dst) not in stable_steps:
             text += " (not in the lifecycle)"

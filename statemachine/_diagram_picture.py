@@ -266,14 +266,16 @@ def _stable_items(x: LifecycleExport) -> Iterable[Item]:
     states = {s.name: s for s in x.states}
     actions = {a.name: a for a in x.actions}
     for t in x.transitions:
-        if t.kind not in ("done", "fail"):
+        action = actions[t.action]
+        # an immediate action (reset_state) arrives in its acceptance
+        done = t.kind == "done" or (t.kind == "accept" and action.immediate)
+        if not done and t.kind != "fail":
             continue
         src, dst = states[t.source].vm_state, states[t.dest].vm_state
-        action = actions[t.action]
         owner = f"action:{action.name}"
-        if action.guard.vm_states is None and src != dst:
+        if action.guard.vm_states is None and (src != dst or action.immediate):
             src = ANY  # allowed in every state: one edge from "any state", not one per state
-        if t.kind == "done":
+        if done:
             yield Item(src, dst, "action", False, owner, owner, action_label(action))
         elif src != dst:
             text = action_label(action, guard=False)

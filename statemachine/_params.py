@@ -36,7 +36,8 @@ _TEXT_PARAMS = ("image", "rescue_image", "reason")
 def resolve_action(
     lifecycle: Lifecycle, name: str, params: Mapping[str, Any], *, system: bool = False
 ) -> Action:
-    """The table entry for an API name and its ``type`` variant; checks the parameter names.
+    """The table entry for an API name and its variant (picked by ``type``, or the entry's
+    ``variant_param``); checks the parameter names.
 
     Internal actions (the power sync's ``force_stop``) resolve only for the system.
 
@@ -48,13 +49,14 @@ def resolve_action(
     if not isinstance(params, Mapping):
         raise InvalidRequest(f"parameters are an object, not {_validate.show(params)}", action=name)
     shown = _validate.show(name)
-    variant = params.get("type")
+    picker = lifecycle.variant_param(name)
+    variant = params.get(picker)
     if variant is not None and not isinstance(variant, str):
-        raise InvalidRequest("type must be a string", action=name)
+        raise InvalidRequest(f"{picker} must be a string", action=name)
     found = lifecycle.resolve(name, variant)
     if found is None or (found.internal and not system):
         if variant is not None and lifecycle.resolve(name, None) is not None:
-            raise InvalidRequest(f"unknown {name} type {_validate.show(variant)}", action=name)
+            raise InvalidRequest(f"unknown {name} {picker} {_validate.show(variant)}", action=name)
         raise InvalidRequest(f"unknown action {shown}", action=name)
     if not all(isinstance(key, str) for key in params):
         raise InvalidRequest(f"'{name}' parameter names are strings", action=name)

@@ -228,8 +228,15 @@ class Action:
 
     ``event`` is the notification name whose ``.error`` a failure emits (``power_off`` for
     ``stop``). ``api_name``/``variant`` let two entries share one API name (``reboot`` with
-    ``type`` SOFT or HARD). ``vm_states=None`` means any existing instance; ``task_states=None``
-    any task_state. ``params`` lists the API words the action takes, ``required`` those it needs.
+    ``type`` SOFT or HARD); ``variant_param`` names the parameter that picks the entry (``type``,
+    or ``state`` for ``reset_state``). ``vm_states=None`` means any existing instance;
+    ``task_states=None`` any task_state. ``params`` lists the API words the action takes,
+    ``required`` those it needs.
+
+    An action whose one step has no task_state and which preempts (``reset_state``) is
+    *immediate*: its acceptance writes its target in the same compare-and-swap that ends the
+    running action, as Nova's ``os-resetState`` does with one save, so there is no moment at
+    which it owns a task another request could see.
     """
 
     name: str
@@ -247,6 +254,7 @@ class Action:
     must_have_launched: bool = True
     api_name: str | None = None
     variant: str | None = None
+    variant_param: str = "type"
     params: frozenset[str] = frozenset()
     required: frozenset[str] = frozenset()
     internal: bool = False
@@ -256,6 +264,17 @@ class Action:
     def creates(self) -> bool:
         """A creation action has no source state: it inserts a new instance."""
         return self.vm_states is not None and not self.vm_states
+
+    @property
+    def owns_task(self) -> bool:
+        """Whether the action holds the instance's task_state while it runs: not a FREE
+        action, nor an immediate one, which leaves nothing to hold after its acceptance."""
+        return self.steps[0].task_state is not None
+
+    @property
+    def immediate(self) -> bool:
+        """Whether the acceptance's write is the whole state change (see the class)."""
+        return self.concurrency is not Concurrency.FREE and not self.owns_task
 
     @property
     def public_name(self) -> str:
@@ -399,6 +418,11 @@ class Lifecycle:
         """The entries by the name callers use."""
         return dict(self._by_api)
 
+    def variant_param(self, api_name: str) -> str:
+        """The parameter that picks among an API name's entries (``type`` when it has one)."""
+        entries = self._by_api.get(api_name)
+        return entries[0].variant_param if entries else "type"
+
     def resolve(self, api_name: str, variant: str | None) -> Action | None:
         """The entry for an API name and variant (the first variant is the default)."""
         entries = self._by_api.get(api_name)
@@ -485,6 +509,12 @@ def _action_edges(action: Action, source: State) -> Iterator[Transition]:
     if action.concurrency is Concurrency.FREE:
         yield Transition(trigger_name(name, "accept"), source, source, name, "internal")
         return
+    if action.immediate:
+        for dest_vm in action.target.candidates(vm):
+            yield Transition(
+                trigger_name(name, "accept"), source, (dest_vm, None), name, "accept", 0
+            )
+        return
     first: State = (vm, tasks[0])
     yield Transition(trigger_name(name, "accept"), source, first, name, "accept", 0)
     for i in range(1, len(tasks)):
@@ -560,6 +590,18 @@ def _derive(lc: Lifecycle) -> tuple[list[State], list[Transition]]:
 
 def _validate(lc: Lifecycle) -> None:
     names = {a.name for a in lc.actions}
+    for api_name, entries in lc.api_actions().items():
+        params = {e.variant_param for e in entries}
+        if len(entries) > 1 and (len(params) != 1 or any(e.variant is None for e in entries)):
+            raise LifecycleError(
+                f"the entries of {api_name!r} need a variant each, picked by one parameter"
+            )
+        for entry in entries:
+            if entry.variant is not None and entry.variant_param not in entry.params:
+                raise LifecycleError(
+                    f"action {entry.name!r} does not take its variant's parameter "
+                    f"{entry.variant_param!r}"
+                )
     for action in lc.actions:
         where = f"action {action.name!r}"
         if not action.event:
@@ -567,14 +609,18 @@ def _validate(lc: Lifecycle) -> None:
         if not action.steps:
             raise LifecycleError(f"{where} has no steps")
         free = action.concurrency is Concurrency.FREE
+        immediate = action.concurrency is Concurrency.PREEMPTS and len(action.steps) == 1
         for i, step in enumerate(action.steps):
             at = f"{where} step {i} ({step.task_state})"
-            if (step.task_state is None) != free:
+            if step.task_state is None and not (free or immediate):
                 raise LifecycleError(
-                    f"{at}: only a FREE action has steps without a task_state"
-                    if not free
-                    else f"{at}: a FREE action sets no task_state"
+                    f"{at}: only a FREE action, or a PREEMPTS action of one step, "
+                    "has a step without a task_state"
                 )
+            if step.task_state is not None and free:
+                raise LifecycleError(f"{at}: a FREE action sets no task_state")
+            if step.task_state is None and immediate and step.call is not None:
+                raise LifecycleError(f"{at}: an immediate action calls nothing")
             if not step.deadline > 0:
                 raise LifecycleError(f"{at} has no positive deadline")
             for other in step.accepts:
@@ -625,8 +671,9 @@ def _validate(lc: Lifecycle) -> None:
         if not any(e.action == action.name for e in edges) and action.name != "create":
             raise LifecycleError(f"action {action.name!r} can never start")
     outgoing: dict[State, int] = {}
+    resets = {a.name for a in lc.actions if a.immediate}  # an operator's way out of anything
     for edge in edges:
-        if edge.kind != "internal":
+        if edge.kind != "internal" and edge.action not in resets:
             outgoing[edge.source] = outgoing.get(edge.source, 0) + 1
     for state in states:
         vm, task = state

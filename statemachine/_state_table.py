@@ -82,6 +82,8 @@ def _action_row(x: LifecycleExport, action: ExportedAction) -> str:
     failure = ", ".join(
         p.to.replace("_", " ") + (f" via {p.call}" if p.call else "") for p in paths.values()
     )
+    if action.free or action.immediate:  # no task to revert: the state stays as it is
+        failure = "unchanged, fault recorded"
     events: list[str] = []
     for step in action.steps:
         events += [*step.before, *step.after]

@@ -206,14 +206,14 @@ class Telemetry:
         step: Step,
         deadline: anyio.CancelScope,
         *,
-        error_path: Call | None = None,
+        error_path: Call | str | None = None,
     ) -> Iterator[None]:
         """Around a step's call (inside its ``deadline``): its latency, its span — current
         while the driver is called — and the class of a driver error it raised.
         ``error_path`` names the clean-up call when the step failed and its error path runs."""
         label = _step_label(step)
         call = error_path if error_path is not None else step.call
-        call_label = call.value if call is not None else NO_STEP
+        call_label = NO_STEP if call is None else call if isinstance(call, str) else call.value
         started = anyio.current_time()
         opened = None
         if self._tracing is not None and handle in self._spans:  # its action is traced

@@ -860,11 +860,16 @@ class Engine:
                         name, uuid, "task_state", f"{inst.task_state} (not yet joinable)"
                     )
             handle = self._new_handle(action, inst, ctx, params)
-            first = (inst.vm_state, action.steps[0].task_state)
+            first: tuple[VmState, TaskState | None]
+            if action.immediate:  # the acceptance is the whole change
+                first = (action.target.resolve(inst.vm_state, inst.old_vm_state), None)
+            else:
+                first = (inst.vm_state, action.steps[0].task_state)
             self.machine.apply(trigger_name(action.name, "accept"), inst.state, first)
             new = inst.evolve(
+                vm_state=first[0],
                 task_state=first[1],
-                action_id=handle.id,
+                action_id=None if action.immediate else handle.id,
                 updated_at=self.clock.wall(),
                 request_id=ctx.request_id,
             )
@@ -878,7 +883,7 @@ class Engine:
             if running is not None and action.concurrency is not Concurrency.EXCLUSIVE:
                 handle.pending.extend(self._preempt(running, by=action.public_name, current=inst))
             await self._accepted_write(handle, inst, new)
-            self._start(handle, running_slot=True)
+            self._start(handle, running_slot=action.owns_task)
             return handle
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -1187,7 +1192,7 @@ class Engine:
             if pending:
                 await self._commit(handle, None, None, pending, after=after, enter=(index, step))
                 return None
-            if handle.action.concurrency is not Concurrency.FREE:
+            if handle.action.owns_task:
                 self._check_owner(handle)  # nothing to write: still, is the task still ours?
         except Conflict as exc:
             return self._lost(handle, exc)
@@ -1201,7 +1206,11 @@ class Engine:
     ) -> IsmError | None:
         action = handle.action
         try:
-            if action.concurrency is Concurrency.FREE:
+            if action.immediate and not pending and not last.after:
+                # its acceptance wrote the change: only the outcome is left to record
+                with anyio.CancelScope(shield=True):
+                    await self._persist(handle, None, None, "completed", outcome="ok")
+            elif not action.owns_task:
                 await self._commit(handle, None, None, pending, after=last.after, audit="completed")
             else:
                 current = self._store.get(handle.uuid)
@@ -1304,7 +1313,7 @@ class Engine:
         self._scrub_chain(exc)
         failed = ActionFailed(action.name, handle.uuid, _step_name(step), str(exc))
         failed.__cause__ = exc
-        if action.concurrency is Concurrency.FREE:
+        if not action.owns_task:
             await self._commit(handle, None, None, {"fault": fault}, audit="failed", fault=fault)
             handle.ended = True
             return failed
@@ -1424,7 +1433,7 @@ class Engine:
         step it ``enter``s. Shielded: a commit either happens whole or not at all."""
         with anyio.CancelScope(shield=True):
             for _ in range(8):  # bounded: retries only when a FREE change slipped in between
-                if handle.action.concurrency is Concurrency.FREE:
+                if not handle.action.owns_task:
                     current = self._store.get(handle.uuid)  # owns no task: nothing to expect
                 else:
                     current = self._check_owner(handle)

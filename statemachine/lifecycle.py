@@ -653,6 +653,32 @@ ACTIONS: tuple[Action, ...] = (
         concurrency=Concurrency.FREE,
         must_have_launched=False,
     ),
+    *(
+        Action(
+            name="reset_state" if state is V.ACTIVE else f"reset_state_{state.value}",
+            doc=f"Set vm_state to {state.value} and clear task_state: the operator's way out of "
+            "a state nothing else leaves (Nova's os-resetState, admin only). The running "
+            "action, if any, is preempted; like Nova, nothing else is touched (a resize's "
+            "bookkeeping, the guest) and no action notification is sent: only instance.update, "
+            "when notify_on_state_change asks for it.",
+            event="reset_state",
+            steps=(Step(None, deadline=QUICK),),
+            target=Target(to=state),
+            on_error=REVERT,
+            vm_states=None,
+            task_states=None,
+            lock_check=False,
+            rule=Rule.ADMIN,
+            concurrency=Concurrency.PREEMPTS,
+            must_have_launched=False,
+            api_name="reset_state",
+            variant=state.value,
+            variant_param="state",
+            params=frozenset({"state"}),
+            required=frozenset({"state"}),
+        )
+        for state in (V.ACTIVE, V.ERROR)
+    ),
 )
 
 TIMED: tuple[TimedTransition, ...] = (

@@ -97,6 +97,8 @@ def _ok(action: Action, node: _Node, *, idle: bool = True) -> bool:
 
 def _after_success(action: Action, node: _Node) -> _Node:
     dest = action.target.resolve(node.vm, node.prior)
+    if action.immediate:  # a reset: the record changes, the guest does not
+        return _Node(dest, node.prior, node.launched, node.host, node.running)
     host = node.host
     if action.name == "shelve_offload":
         host = False
@@ -108,6 +110,8 @@ def _after_success(action: Action, node: _Node) -> _Node:
 
 
 def _after_failure(action: Action, index: int, node: _Node) -> _Node:
+    if action.immediate:  # its acceptance wrote the target; a failing hook only records it
+        return _after_success(action, node)
     to = action.error_path(action.steps[index]).to
     if to is ErrorTo.ERROR:
         dest = VmState.ERROR
@@ -150,7 +154,7 @@ def _explore(lc: Lifecycle) -> dict[_Node, tuple[PathStep, ...]]:
 def _holder(lc: Lifecycle, node: _Node, task: object, joiner: str | None) -> PathStep | None:
     """An action that, started from ``node``, sits at ``task`` (and accepts ``joiner``)."""
     for action in lc.actions:
-        if action.creates or action.concurrency in (Concurrency.JOINS, Concurrency.FREE):
+        if action.creates or action.concurrency is Concurrency.JOINS or not action.owns_task:
             continue
         if not _ok(action, node):
             continue
@@ -355,7 +359,7 @@ async def _replay(
             small = engine.get(uuid).flavor.vcpus == FLAVORS[0]["vcpus"]
             params = {"flavor": FLAVORS[1] if small else FLAVORS[0]}
         if action.variant is not None:
-            params["type"] = action.variant
+            params[action.variant_param] = action.variant
         params.update(given.get(action.name, {}))
         director.fail = (_key(action), step.fail) if step.fail is not None else None
         director.before_fail = None

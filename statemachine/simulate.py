@@ -337,6 +337,7 @@ class _Fleet:
                 a
                 for a in self.actions
                 if a.name not in ("delete", "force_delete")
+                and not a.immediate  # an operator's reset, not a user's action
                 and inst.vm_state in a.allowed_vm_states()
                 and a.allows_task(inst.task_state)
             ]

@@ -94,7 +94,7 @@ def test_lock_check_and_admin_rules() -> None:
     admin = {a.name for a in LC.actions if a.rule.value == "admin"}
     assert admin == {
         "force_delete", "evacuate", "live_migrate", "live_migrate_abort",
-        "live_migrate_force_complete",
+        "live_migrate_force_complete", "reset_state", "reset_state_error",
     }  # fmt: skip
 
 

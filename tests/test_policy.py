@@ -254,7 +254,7 @@ def test_cli_policy_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     good.write_text(json.dumps({"version": 1, "rules": {"stop": "role:operator"}}))
     assert main(["policy", "check", str(good)]) == 0
     assert (
-        capsys.readouterr().out == f"ism policy: {good} is valid: 1 of 36 rules set by the file\n"
+        capsys.readouterr().out == f"ism policy: {good} is valid: 1 of 38 rules set by the file\n"
     )
     assert main(["policy", "show", "--file", str(good)]) == 0
     assert "* stop" in capsys.readouterr().out

@@ -6,8 +6,9 @@ and key material in failure messages (a password, a token header, a bearer token
 password, a PEM private key), injected both by the generated paths (which fail every step of
 every action, error paths and clean-ups included) and by the simulator's fault plan. The
 outputs scanned: notifications, log lines (every logger, DEBUG), the message of every error
-raised, instance fault records, and for ``ism run`` its stdout, stderr, events file and state
-file. Every (canary, output) pair must have zero hits.
+raised, instance fault records, audit records (every record of every path; ``ism audit
+export`` and ``tail`` of a run's database), and for ``ism run`` its stdout, stderr, events file
+and state file. Every (canary, output) pair must have zero hits.
 """
 
 from __future__ import annotations
@@ -78,8 +79,7 @@ OUTPUTS = (
     "ism run stderr",
     "ism run events file",
     "ism run state file",
-    # AUDIT LOG: the lead adds "audit records" here when the audit log lands, and scans every
-    # record of the runs below (tests/test_redaction.py, Scanner.audit and the two sweeps).
+    "audit records",
 )
 """Every output the canary test reads; the canary count is len(CANARIES) x len(OUTPUTS)."""
 
@@ -143,7 +143,7 @@ def _params(action: Any, engine: Engine, uuid: str) -> dict[str, Any]:
         small = engine.get(uuid).flavor.vcpus == paths.FLAVORS[0]["vcpus"]
         return {"flavor": paths.FLAVORS[1] if small else paths.FLAVORS[0]}
     if action.variant is not None:
-        return {"type": action.variant}
+        return {action.variant_param: action.variant}
     return {}
 
 
@@ -186,6 +186,9 @@ def _attempts(scanner: Scanner, fired: collections.Counter[str]) -> Any:
         fault = engine.fault(uuid)
         if fault is not None:
             scanner.scan("instance faults", f"{fault.message}\n{fault.traceback or ''}")
+        await engine.wait_committed(timeout=60)
+        for record in await engine.store.read_audit(instance=uuid):
+            scanner.scan("audit records", json.dumps(dict(record.body), default=str))
 
     return attempt
 
@@ -220,6 +223,7 @@ def test_canaries_leave_nothing_on_every_path(caplog: pytest.LogCaptureFixture) 
     assert scanner.scanned["error messages"] >= coverage.paths
     assert scanner.scanned["instance faults"] > 0
     assert scanner.scanned["log lines"] > 0
+    assert scanner.scanned["audit records"] > coverage.paths
     assert len(fired) >= 20, sorted(fired)  # driver faults hit (nearly) every action
     assert not scanner.hits, sorted(scanner.hits)
 
@@ -256,7 +260,9 @@ def test_ism_run_with_canaries_prints_and_writes_none(
     path = tmp_path / "canaries.json"
     path.write_text(json.dumps(_scenario()))
     events, state = tmp_path / "events.jsonl", tmp_path / "state.json"
-    code = main(["run", str(path), "--events-out", str(events), "--state-out", str(state)])
+    db, export = tmp_path / "ism.db", tmp_path / "audit.jsonl"
+    code = main(["run", str(path), "--events-out", str(events), "--state-out", str(state),
+                 "--db", str(db)])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 1
     assert err.startswith("ism run: step 10 (suspend vm1): expected ok, failed: ")
@@ -274,14 +280,20 @@ def test_ism_run_with_canaries_prints_and_writes_none(
     assert any('"priority":"ERROR"' in line for line in lines)
     scanner.scan("ism run events file", "\n".join(lines))
     scanner.scan("ism run state file", state.read_text())
+    assert main(["audit", "export", str(db), "--format", "jsonl", "--output", str(export)]) == 0
+    assert main(["audit", "tail", str(db), "-n", "1000"]) == 0
+    tail, _ = capsys.readouterr()
+    records = export.read_text().splitlines()
+    assert {"accepted", "failed", "refused"} <= {json.loads(r)["event"] for r in records}
+    scanner.scan("audit records", "\n".join(records) + tail)
     scanner.logs(caplog.records)
     assert not scanner.hits, sorted(scanner.hits)
 
 
 def test_the_canary_count() -> None:
-    """The canary test scans every canary in every output: 9 canaries x 8 outputs today."""
+    """The canary test scans every canary in every output: 9 canaries x 9 outputs today."""
     assert len(set(CANARIES.values())) == len(CANARIES) == 9
-    assert len(OUTPUTS) == 8
+    assert len(OUTPUTS) == 9
     for canary in CANARIES.values():
         assert Redactor().scrub("password=" + canary) == "password=" + MASK
 
