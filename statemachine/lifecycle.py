@@ -786,7 +786,7 @@ DEFAULT_LIFECYCLE = Lifecycle(
     timed=TIMED,
     power_sync=POWER_SYNC,
     api_status=API_STATUS,
-    version="1",
+    version="1.1",  # 1.1: reset_state (see README, Versions)
 )
 """Nova's lifecycle as ism runs it."""
 

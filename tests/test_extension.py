@@ -148,7 +148,7 @@ def test_the_table_derives_diagrams_docs_and_paths_for_it() -> None:
     include the added action without a line of their own."""
     assert "attach_volume" in states_markdown(export_lifecycle(LIFECYCLE))
     assert "attach_volume" in render(LIFECYCLE, "mermaid", action="attach_volume")
-    assert LIFECYCLE.version == "1+attach_volume"
+    assert LIFECYCLE.version == "1.1+attach_volume"
     paths = [
         p for p in covering_paths(LIFECYCLE) if any(s.action == "attach_volume" for s in p.steps)
     ]
