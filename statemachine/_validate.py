@@ -14,6 +14,7 @@ display names and metadata of 255 characters, 128 metadata items (Nova's default
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 import uuid as uuidlib
@@ -165,3 +166,19 @@ def metadata(value: object, *, action: str | None = None) -> dict[str, str]:
             )
         out[key] = secret(f"metadata value of {key!r}", item, limit=MAX_METADATA_LEN, action=action)
     return out
+
+
+def wait_timeout(value: object) -> float:
+    """A wait's bound: a finite number of seconds, zero or more.
+
+    Every wait in ism ends; an infinite or NaN timeout would make one that never does (and
+    under virtual time, one that spins through every timer the fleet has), so it is refused.
+
+    Raises:
+        InvalidRequest: not a real, finite, non-negative number of seconds.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(f"timeout must be a number of seconds, not {show(value)}", None)
+    if not math.isfinite(value) or value < 0:
+        raise _fail(f"timeout must be finite and not negative, not {value!r}", None)
+    return float(value)

@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from drivers.base import PowerState
 
+from ._validate import wait_timeout
 from .errors import InvalidRequest, WaitTimeout, WatchOverflow
 from .handles import StateChange
 from .model import Instance
@@ -100,6 +101,7 @@ class ChangeFeed:
                 states the instance passed through while the wait lasted.
         """
         __tracebackhide__ = True  # pytest shows the caller's line and this message, not this
+        timeout = wait_timeout(timeout)
         unknown = set(expected) - _FIELDS
         if unknown:
             raise InvalidRequest(f"unknown instance fields {sorted(unknown)}")

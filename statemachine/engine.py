@@ -67,6 +67,7 @@ from ._schema import (
 )
 from ._telemetry import Telemetry
 from ._timers import TimerHandle, TimerService
+from ._validate import wait_timeout
 from ._watch import ChangeFeed
 from .audit import AuditEntry, AuditEvent
 from .clock import Clock, SystemClock
@@ -643,6 +644,8 @@ class Engine:
             ActionFailed: accepted, then failed; the instance went down the error path.
             ActionPreempted: accepted, then preempted (by a delete, or a take-over).
         """
+        if timeout is not None:
+            timeout = wait_timeout(timeout)
         handle = await self.submit(ctx, action, instance, params)
         return await self._finish(handle, timeout)
 
@@ -1711,8 +1714,8 @@ class Engine:
 
         Skipped while a task runs (Nova never fights an in-flight task) and when stale (the
         hypervisor no longer reports the event's state). ism departs from Nova in one place:
-        a STOPPED event also matches a CRASHED guest, since the core has no periodic sync yet
-        to catch the crash later.
+        a STOPPED event also matches a CRASHED guest, so a crash is acted on when it happens
+        rather than at the next periodic sync (``sync_power_state_interval`` away).
         """
         try:
             inst = self._store.get(event.uuid)
@@ -1771,12 +1774,16 @@ class Engine:
         instance's power state with the driver (in the background)."""
         started = anyio.current_time()
         self.recovered = []
+        mine = []
         for inst in list(self._store.all()):
             if inst.task_state is None or inst.uuid in self._running:
                 continue
-            if not await self._recovers(inst):
-                continue  # another engine's: its own start recovers it
-            power = await self._query_power(inst)
+            if await self._recovers(inst):  # else another engine's: its own start recovers it
+                mine.append(inst)
+        powers = await self._query_powers(mine)
+        for inst in mine:
+            assert inst.task_state is not None  # chosen for having one
+            power = powers[inst.uuid]
             rule = match_rule(inst.vm_state, inst.task_state, power or PowerState.NOSTATE)
             response = rule.response if rule is not None else Recovery.NOTHING
             handle = await self._orphan(inst)
@@ -1888,6 +1895,21 @@ class Engine:
         )
         self._start(handle, running_slot=True, body=functools.partial(self._fail, handle, why))
 
+    async def _query_powers(self, instances: list[Instance]) -> dict[str, PowerState | None]:
+        """Each instance's power state, asked ``recovery_concurrency`` at a time: one at a time,
+        a hypervisor that does not answer would hold the start for 60 s per instance."""
+        powers: dict[str, PowerState | None] = {}
+        pending = iter(instances)
+
+        async def worker() -> None:
+            for inst in pending:
+                powers[inst.uuid] = await self._query_power(inst)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(self.config.recovery_concurrency, len(instances))):
+                tg.start_soon(worker)
+        return powers
+
     async def _query_power(self, inst: Instance) -> PowerState | None:
         """What the driver reports for the instance, or None when it cannot tell in time."""
         if inst.host is None:
@@ -1988,6 +2010,7 @@ class Engine:
         Raises:
             WaitTimeout: actions still run after ``timeout``.
         """
+        timeout = wait_timeout(timeout)
         with anyio.move_on_after(timeout):
             while self._active:
                 await self._idle.wait()
@@ -2001,6 +2024,7 @@ class Engine:
         Raises:
             WaitTimeout: commits still pending after ``timeout``.
         """
+        timeout = wait_timeout(timeout)
         with anyio.move_on_after(timeout):
             await self._committer.wait_idle()
             return
@@ -2012,6 +2036,7 @@ class Engine:
         Raises:
             WaitTimeout: some are still undelivered after ``timeout`` (a destination is down).
         """
+        timeout = wait_timeout(timeout)
         with anyio.move_on_after(timeout):
             await self._outbox.wait_delivered()
             return

@@ -15,6 +15,7 @@ import attrs
 
 from ._histogram import Histogram
 from ._schema import Action, Step
+from ._validate import wait_timeout
 from .audit import AuditEntry
 from .errors import IsmError, WaitTimeout
 from .model import Fault, Instance, RequestContext
@@ -210,8 +211,8 @@ class ActionHandle:
         Raises:
             WaitTimeout: ``timeout`` (engine-clock seconds) passed first.
         """
+        limit = wait_timeout(timeout) if timeout is not None else action_budget(self.action) + 60
         if self.result is None:
-            limit = timeout if timeout is not None else action_budget(self.action) + 60
             with anyio.move_on_after(limit):
                 await self.done.wait()
         if self.result is None:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import anyio
 import attrs
+from anyio.abc import TaskStatus
 
 from drivers.base import Driver
 from drivers.simulator import (
@@ -388,13 +389,15 @@ class _Fleet:
             async with self.engine:
                 self.recovery_wall = time.perf_counter() - wall
                 self.recovered = len(self.engine.recovered)
-                if self.on_ready is not None:
-                    self.on_ready(self.recovered, self.recovery_wall)
-                resumed = await self._resumed() if self.resume else {}
-                if self.evacuate_host is not None:
-                    await self._evacuate(self.evacuate_host)
                 async with anyio.create_task_group() as outer:
-                    outer.start_soon(self._until_signalled, outer.cancel_scope)
+                    # signals are ours before the run says it is ready: a SIGTERM from then on
+                    # drains, it never kills
+                    await outer.start(self._until_signalled, outer.cancel_scope)
+                    if self.on_ready is not None:
+                        self.on_ready(self.recovered, self.recovery_wall)
+                    resumed = await self._resumed() if self.resume else {}
+                    if self.evacuate_host is not None:
+                        await self._evacuate(self.evacuate_host)
                     async with anyio.create_task_group() as tg:
                         for i in range(self.n):
                             owner = RequestContext(
@@ -416,10 +419,13 @@ class _Fleet:
                     await self._clean_up()
         return anyio.current_time() - start
 
-    async def _until_signalled(self, scope: anyio.CancelScope) -> None:
+    async def _until_signalled(
+        self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """SIGTERM or SIGINT: stop the walks; leaving the engine then drains it (running steps
         finish within the bound, the rest is left for recovery)."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            task_status.started()
             async for signum in received:
                 self.signal = signum
                 scope.cancel()

@@ -16,6 +16,7 @@ from typing import IO, Protocol
 import anyio
 
 from ._capture import Count, Waiter, WaitSequence, describe
+from ._validate import wait_timeout
 from .notify import Notification
 
 __all__ = ["JsonlSink", "LoggingSink", "MemoryCapture", "Notification", "Sink"]
@@ -173,6 +174,7 @@ class MemoryCapture:
         return list(self.notifications) if instance is None else self.for_instance(instance)
 
     async def _wait(self, waiter: Waiter, timeout: float) -> None:
+        timeout = wait_timeout(timeout)
         if waiter.done.is_set():
             return
         self._waiters.append(waiter)

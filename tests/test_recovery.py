@@ -11,7 +11,7 @@ import anyio
 import attrs
 import pytest
 
-from drivers.base import PowerState
+from drivers.base import GuestSpec, PowerState
 from drivers.simulator import FaultRule, SimulatorDriver
 from statemachine.clock import VirtualClock, run_virtual
 from statemachine.config import Config
@@ -124,11 +124,14 @@ def _state(r: Restart, uuid: str) -> tuple[str, str | None, str, str | None]:
 
 
 def _recover(
-    r: Restart, uuid: str, *, advance: float = 0
+    r: Restart, uuid: str, *, advance: float = 0, rules: list[str] | None = None
 ) -> tuple[str, str | None, str, str | None]:
-    """Start an engine (recovery runs), let what it started finish, return the state."""
+    """Start an engine (recovery runs), let what it started finish, return the state; the
+    Nova rule numbers recovery matched for ``uuid`` go to ``rules``."""
 
     async def body(engine: Engine) -> tuple[str, str | None, str, str | None]:
+        if rules is not None:
+            rules.extend(rule.nova if rule else "none" for u, rule in engine.recovered if u == uuid)
         await engine.wait_idle(timeout=3600)
         if advance:
             await anyio.sleep(advance)
@@ -202,7 +205,9 @@ def test_each_rule_takes_up_its_interrupted_action(
     if power is not None:
         r.sim.set_power(uuid, power)
     calls = dict(r.sim.statistics().calls)
-    state = _recover(r, uuid)
+    matched: list[str] = []
+    state = _recover(r, uuid, rules=matched)
+    assert matched == [rule]  # this rule, not another that happens to end the same way
     assert state[:2] == after
     assert _rule_of(r, uuid) == "none"  # the next start finds nothing left to recover
     made = {k: v - calls.get(k, 0) for k, v in r.sim.statistics().calls.items()}
@@ -371,3 +376,41 @@ def test_every_rule_is_reachable_by_the_table() -> None:
         ]
         assert hits, f"rule {rule.nova} ({rule.doc}) matches no state of the lifecycle"
     assert {rule.response for rule in RECOVERY_RULES} == set(Recovery)
+
+
+class _SlowPowerQueries(SimulatorDriver):
+    """A hypervisor that takes ``delay`` (virtual) seconds to say a guest's power state."""
+
+    delay = 0.0
+
+    async def power_state(self, guest: GuestSpec) -> PowerState:
+        await anyio.sleep(self.delay)
+        return await super().power_state(guest)
+
+
+def test_recovery_asks_the_hypervisor_concurrently(tmp_path: Path) -> None:
+    """Eight interrupted instances and a hypervisor that takes 50 s to answer each: recovery
+    asks ``recovery_concurrency`` (8) at once, so the start waits about 50 s, not 400 s."""
+    sim = _SlowPowerQueries(hosts=["c1", "c2"])
+    r = Restart(tmp_path / "ism.db", sim=sim)
+
+    async def interrupt(engine: Engine) -> list[str]:
+        uuids = [
+            (await engine.create(OWNER, name=f"vm{i}", flavor=SMALL, image="cirros")).instance.uuid
+            for i in range(8)
+        ]
+        for uuid in uuids:
+            await engine.submit(OWNER, "stop", uuid)
+        for uuid in uuids:
+            await engine.wait_for_state(uuid, task_state="powering-off", timeout=600)
+        return uuids
+
+    uuids: list[str] = r.run(interrupt, _holder("stop", "powering-off", None))
+    sim.delay = 50.0
+
+    async def restart(engine: Engine) -> tuple[float, int]:
+        return engine.recovery_seconds, len(engine.recovered)
+
+    seconds, recovered = r.run(restart)
+    assert recovered == len(uuids)
+    assert 49 < seconds < 100  # one round of 50 s answers; one at a time would be 400 s
