@@ -131,6 +131,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("ism.engine")
+TIMED_RETRY_MAX = 60.0
+"""The longest wait between tries of a timed transition refused as Busy (seconds)."""
 
 
 @final
@@ -1070,7 +1072,11 @@ class Engine:
                 del self._running[handle.uuid]
             chained = self._chained.pop(handle.uuid, None)
             if chained is not None:
-                await self._system_action(chained[0], handle.uuid, chained[2], chained[1])
+                timed = self._chained_timed(chained[0], chained[2])
+                if timed is not None:  # a "now" timed transition: deferred, not lost, if Busy
+                    await self._timed_action(handle.uuid, timed)
+                else:
+                    await self._system_action(chained[0], handle.uuid, chained[2], chained[1])
             if handle.preempted_by is not None:
                 outcome = Outcome.PREEMPTED
                 error = ActionPreempted(handle.name, handle.uuid, handle.preempted_by)
@@ -1623,13 +1629,19 @@ class Engine:
                         functools.partial(self._fire, inst.uuid, timed),
                     )
 
+    def _chained_timed(self, action: str, why: str) -> TimedTransition | None:
+        """The timed transition a chained action stands for (one due "now"), if it is one."""
+        if why != "timed transition":
+            return None
+        return next((t for t in self.lifecycle.timed if t.action == action), None)
+
     def _remaining(self, since: dt.datetime | None, delay: float) -> float:
         """Seconds left of ``delay`` counted from the wall-clock instant ``since``."""
         if since is None:
             return delay
         return max(0.0, delay - (self.clock.wall() - since).total_seconds())
 
-    def _fire(self, uuid: str, timed: TimedTransition) -> None:
+    def _fire(self, uuid: str, timed: TimedTransition, attempt: int = 0) -> None:
         self._armed.pop((uuid, timed.name), None)
         inst = self._store.get(uuid)
         if timed.action is None:
@@ -1639,18 +1651,37 @@ class Engine:
                 running.scope.cancel()
             return
         assert self._tg is not None
-        self._tg.start_soon(self._system_action, timed.action, uuid, timed.name)
+        self._tg.start_soon(self._timed_action, uuid, timed, attempt)
+
+    async def _timed_action(self, uuid: str, timed: TimedTransition, attempt: int = 0) -> None:
+        """A due timed transition's action. Refused as Busy (the engine at its bound), it is
+        tried again after a back-off (1 s doubling to 60 s) instead of being lost: the
+        instance would otherwise stay shelved, or unreclaimed, for good. Other refusals stand:
+        the instance moved on, and its next commit re-arms what its new state wants."""
+        assert timed.action is not None
+        refused = await self._system_action(timed.action, uuid, timed.name)
+        key = (uuid, timed.name)
+        if isinstance(refused, Busy) and self._accepting and key not in self._armed:
+            delay = min(TIMED_RETRY_MAX, 2.0 ** min(attempt, 6))
+            log.warning("%s on %s deferred %g s: %s", timed.name, uuid, delay, refused)
+            self._armed[key] = self._timers.call_at(
+                anyio.current_time() + delay,
+                functools.partial(self._fire, uuid, timed, attempt + 1),
+            )
 
     async def _system_action(
         self, action: str, uuid: str, why: str, params: Mapping[str, Any] | None = None
-    ) -> None:
-        """Start an action on the engine's own behalf; a refusal is logged, not raised."""
+    ) -> ActionRefused | None:
+        """Start an action on the engine's own behalf; a refusal is logged and returned, not
+        raised."""
         if not self._accepting:
-            return
+            return None
         try:
             await self.submit(SYSTEM_CONTEXT, action, uuid, params)
         except ActionRefused as exc:
             log.info("%s: %s on %s was refused: %s", why, action, uuid, exc)
+            return exc
+        return None
 
     # -- hosts ------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from drivers.base import LifecycleEvent, LifecycleTransition
 from drivers.simulator import FaultRule, SimHost
 from statemachine.config import Config
 from statemachine.engine import Engine
+from statemachine.states import VmState
 from statemachine.errors import (
     ActionFailed,
     Busy,
@@ -447,3 +448,24 @@ async def test_secrets_never_leave() -> None:
             assert canary not in text
         emitted = json.dumps([n.envelope() for n in w.capture.notifications])
         assert not any(c in emitted for c in canaries)
+
+
+@virtual
+async def test_a_timed_transition_refused_as_busy_is_deferred_not_lost() -> None:
+    """At the engine's bound, a due auto-offload is refused as Busy: it is tried again after
+    a back-off and happens once a slot frees, rather than leaving the instance shelved."""
+
+    async def slow_reboot(info: object) -> None:
+        if getattr(info, "action", None) == "reboot":
+            await anyio.sleep(100)
+
+    config = Config(max_actions=1, shelved_offload_time=10)
+    async with world(hooks=[slow_reboot], config=config) as w:
+        shelved = await w.create()
+        busy = await w.create()
+        await w.engine.act(OWNER, "shelve", shelved)
+        reboot = await w.engine.submit(OWNER, "reboot", busy, {"type": "SOFT"})
+        await anyio.sleep(50)  # the offload fell due at 10 s and was refused: the slot is taken
+        assert w.engine.get(shelved).vm_state is VmState.SHELVED
+        await reboot.wait()
+        await w.engine.wait_for_state(shelved, vm_state="shelved_offloaded", timeout=120)
