@@ -11,7 +11,6 @@ from drivers.base import LifecycleEvent, LifecycleTransition
 from drivers.simulator import FaultRule, SimHost
 from statemachine.config import Config
 from statemachine.engine import Engine
-from statemachine.states import VmState
 from statemachine.errors import (
     ActionFailed,
     Busy,
@@ -24,6 +23,7 @@ from statemachine.errors import (
     WaitTimeout,
     WatchOverflow,
 )
+from statemachine.states import VmState
 from tests.support import ADMIN, LARGE, OTHER, OWNER, SMALL, virtual, world
 
 DAY = 86400.0

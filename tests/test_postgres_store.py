@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import select
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -476,3 +479,86 @@ def test_refresh_heartbeats_and_meta_are_shared_by_the_engines(pg_url: str) -> N
         await b.close()
 
     run_virtual(main)
+
+
+class _Blackhole:
+    """A TCP relay to the server that, once ``silence`` is set, swallows what it is sent and
+    answers nothing: a network partition, as the client sees one."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.silence = threading.Event()
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            server = socket.create_connection(self.target, timeout=5)
+            relay = threading.Thread(target=self._relay, args=(client, server), daemon=True)
+            self.threads.append(relay)
+            relay.start()
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        peers = {client: server, server: client}
+        with client, server:
+            while not self.stop.is_set():
+                ready, _, _ = select.select(list(peers), [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if not self.silence.is_set():
+                        peers[sock].sendall(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.listener.close()
+
+
+def test_a_silent_network_is_a_store_error_not_a_hang(pg_url: str) -> None:
+    """The server stops answering (a partition): an operation fails as a one-line StoreError
+    once statement_timeout and connect_timeout have passed, instead of waiting for ever."""
+    parts = urllib.parse.urlsplit(pg_url)
+    proxy = _Blackhole((parts.hostname or "127.0.0.1", parts.port or 5432))
+    url = urllib.parse.urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
+
+    async def main() -> float:
+        store = await _opened(url, "compute1", statement_timeout=1, connect_timeout=1)
+        await _insert(store)
+        proxy.silence.set()
+        started = time.monotonic()
+        with pytest.raises(StoreError) as caught:
+            await store.find_request("r-1")
+        assert "\n" not in str(caught.value)
+        waited = time.monotonic() - started
+        await store.close()  # the dead session is dropped, within its own bound
+        return waited
+
+    outcome: list[float | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_virtual(main))
+        except BaseException as exc:  # carried to the test's thread
+            outcome.append(exc)
+
+    # in a thread of its own, so that a regression fails this test instead of hanging the suite
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    proxy.close()
+    assert not worker.is_alive(), "still waiting after 60 s: the client has no bound"
+    (waited,) = outcome
+    if isinstance(waited, BaseException):
+        raise waited
+    assert 1.5 < waited < 10  # the 2 s bound, in real seconds, not never

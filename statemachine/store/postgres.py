@@ -15,9 +15,11 @@ both. What a shared server changes, and why:
   (``seq``, the log's global order; gaps allowed), sealed with the number they are stored
   under, and linked per writer (``wseq``, ``prev``); each writer's signed head is one row of
   its own. Verification reads one snapshot, in which every writer's chain is complete.
-* **Virtual time.** A round trip to the server is real time the loop cannot see, so every
-  operation holds a virtual clock (:func:`statemachine.clock.hold_clock`) and no client-side
-  timeout is used inside; the server bounds each statement (``statement_timeout``) instead.
+* **Every round trip is bounded twice.** The server cancels a statement after
+  ``statement_timeout``; the client gives up ``connect_timeout`` later still (asyncpg's
+  ``command_timeout``), so a server or network that stops answering (a partition, a proxy
+  that black-holes) is a StoreError, not a wait without end. Operations run under
+  :func:`statemachine.clock.real_time`, so on a virtual-time loop both are real seconds.
 * **One connection, one operation at a time** (a lock), shielded from cancellation so a
   cancelled caller never leaves the connection in the middle of a protocol exchange. A
   failure is a :class:`~statemachine.errors.StoreError` with a one-line message, fatal to the
@@ -152,7 +154,8 @@ class PostgresStore(WorkingSet):
         readonly: Open without the writer lock, in read-only transactions (the CLI's readers).
         schema: The schema, overriding the URL's.
         statement_timeout: Seconds the server lets one statement run (waiting for a row lock
-            included) before it cancels it: the bound on every round trip.
+            included) before it cancels it; the client waits ``connect_timeout`` more for any
+            answer, then fails the operation (a silent network).
         connect_timeout: Seconds to connect (real seconds, on a virtual-time loop too).
         migrations: The schema steps (tests pass their own to exercise migration).
 
@@ -228,7 +231,10 @@ class PostgresStore(WorkingSet):
         with anyio.CancelScope(shield=True), real_time():
             try:
                 self._conn = await asyncpg.connect(
-                    self._dsn, timeout=self._connect_timeout, server_settings=settings
+                    self._dsn,
+                    timeout=self._connect_timeout,
+                    command_timeout=self._statement_ms / 1000 + self._connect_timeout,
+                    server_settings=settings,
                 )
             except _failures() as exc:
                 raise StoreError(f"cannot connect to {self.url}: {_line(exc)}") from exc
