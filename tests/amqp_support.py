@@ -70,6 +70,12 @@ def require_rabbitmq() -> None:
         missing(problem)
 
 
+def require_aio_pika() -> None:
+    """Skip (or fail) unless aio-pika (the ``amqp`` extra) is installed; no broker needed."""
+    if importlib.util.find_spec("aio_pika") is None:
+        missing("aio-pika is not installed (pip install 'ism-engine[amqp]')")
+
+
 def require_oslo() -> None:
     """Skip (or fail) unless oslo.messaging is installed (the ``test`` extra)."""
     if importlib.util.find_spec("oslo_messaging") is None:

@@ -34,6 +34,7 @@ from tests.amqp_support import (
     engine_notifications,
     only_when_services_required,
     queues_of,
+    require_aio_pika,
     require_broker_control,
     require_oslo,
     require_rabbitmq,
@@ -185,7 +186,7 @@ def test_importing_the_transport_does_not_import_aio_pika() -> None:
 async def test_an_unreachable_broker_fails_after_bounded_attempts_with_back_off() -> None:
     """Nothing listens on the port: open raises TransportError after the attempts and their
     back-off (0.05 + 0.1 s), without the password, and counts one failure."""
-    pytest.importorskip("aio_pika", reason="the amqp extra is not installed")
+    require_aio_pika()
     transport = AmqpTransport("amqp://ops:s3cret@127.0.0.1:1/", **_fast(connect_attempts=3))
     started = time.monotonic()
     with pytest.raises(TransportError, match=r"3 attempts") as caught:

@@ -80,6 +80,7 @@ OUTPUTS = (
     "ism run events file",
     "ism run state file",
     "audit records",
+    "ism status, actions and timeline",
 )
 """Every output the canary test reads; the canary count is len(CANARIES) x len(OUTPUTS)."""
 
@@ -286,14 +287,22 @@ def test_ism_run_with_canaries_prints_and_writes_none(
     records = export.read_text().splitlines()
     assert {"accepted", "failed", "refused"} <= {json.loads(r)["event"] for r in records}
     scanner.scan("audit records", "\n".join(records) + tail)
+    timeline = tmp_path / "timeline.svg"
+    for argv in (["status", "--db", str(db)], ["status", "--db", str(db), "--json"],
+                 ["actions", "vm1", "--db", str(db)], ["actions", "vm1", "--db", str(db), "--json"],
+                 ["timeline", "--db", str(db), "--out", str(timeline)]):  # fmt: skip
+        assert main(argv) == 0, argv
+    shown, _ = capsys.readouterr()
+    assert "reboot" in shown  # the reads showed the run
+    scanner.scan("ism status, actions and timeline", shown + timeline.read_text())
     scanner.logs(caplog.records)
     assert not scanner.hits, sorted(scanner.hits)
 
 
 def test_the_canary_count() -> None:
-    """The canary test scans every canary in every output: 9 canaries x 9 outputs today."""
+    """The canary test scans every canary in every output: 9 canaries x 10 outputs today."""
     assert len(set(CANARIES.values())) == len(CANARIES) == 9
-    assert len(OUTPUTS) == 9
+    assert len(OUTPUTS) == 10
     for canary in CANARIES.values():
         assert Redactor().scrub("password=" + canary) == "password=" + MASK
 
