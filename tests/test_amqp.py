@@ -16,11 +16,13 @@ import sys
 import time
 from typing import Any, Literal
 
+import anyio
 import attrs
 import pytest
 
 from statemachine._amqp_format import encode, oslo_message, routing_key
 from statemachine.amqp import AmqpStatistics, AmqpTransport
+from statemachine.clock import real_time, run_virtual
 from statemachine.errors import InvalidRequest, TransportError
 from statemachine.notify import Notification
 from tests.amqp_support import (
@@ -558,3 +560,35 @@ async def test_a_broker_that_does_not_confirm_in_time_fails_the_call(
     statistics = transport.statistics()
     assert (statistics.reconnects, statistics.failures) == (1, 1)
     assert statistics.confirmed == 1 + len(ism_notifications)
+
+
+@pytest.mark.rabbitmq
+def test_a_long_virtual_idle_keeps_the_connection() -> None:
+    """On a virtual-time loop an idle hour passes in an instant; AMQP heartbeats, kept on
+    the loop's clock, would find the broker silent for that hour and drop the connection.
+    The transport turns them off there, so an idle simulated fleet keeps its connection."""
+    require_rabbitmq()
+    exchange, topic = unique("ism-virtual"), unique("versioned_notifications")
+    notifications = engine_notifications("ism")
+
+    async def main() -> AmqpStatistics:
+        transport = AmqpTransport(AMQP_URL, exchange=exchange, topic=topic)
+        with real_time():  # a network peer is awaited, as the outbox does it
+            await transport.open()
+        try:
+            for _ in range(3):
+                await anyio.sleep(3600)  # virtual: no time passes for the broker
+                with real_time():
+                    await anyio.sleep(0.2)  # the client's own timers get to run
+            with real_time():
+                await transport.publish(notifications)
+            return transport.statistics()
+        finally:
+            with real_time():
+                await transport.close()
+                async with broker_cleanup(queues_of(topic), [exchange]):
+                    pass
+
+    stats = run_virtual(main)
+    assert stats.reconnects == 0
+    assert stats.confirmed == stats.published >= 1
