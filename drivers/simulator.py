@@ -307,6 +307,19 @@ def _holdings(guest: SimGuest | None) -> list[tuple[str, GuestFlavor]]:
     return held
 
 
+def _same_holdings(old: SimGuest | None, new: SimGuest | None) -> bool:
+    """Whether a change leaves what the guest occupies untouched (a power operation, a flag):
+    then capacity cannot overflow and the totals need no arithmetic."""
+    return (
+        old is not None
+        and new is not None
+        and old.host == new.host
+        and old.flavor == new.flavor
+        and old.resize == new.resize
+        and old.live_migration_dest == new.live_migration_dest
+    )
+
+
 def _add(a: GuestFlavor, b: GuestFlavor, sign: int = 1) -> GuestFlavor:
     """Resource arithmetic on flavor-shaped triples (``root_gb`` standing for disk)."""
     return GuestFlavor(
@@ -788,6 +801,8 @@ class SimulatorDriver:
 
     def _check_capacity(self, old: SimGuest | None, new: SimGuest | None) -> None:
         """Raise InsufficientResources if a host whose holding grows would overflow."""
+        if _same_holdings(old, new):
+            return
         before = _by_host(_holdings(old))
         for host, total in _by_host(_holdings(new)).items():
             extra = _add(total, before.get(host, _NOTHING), -1)
@@ -803,6 +818,10 @@ class SimulatorDriver:
                 raise InsufficientResources(host, need)
 
     def _replace(self, old: SimGuest | None, new: SimGuest | None) -> None:
+        if _same_holdings(old, new):
+            assert new is not None  # narrowed by _same_holdings
+            self._guests[new.uuid] = new
+            return
         for host, flavor in _holdings(old):
             self._used[host] = _add(self._used[host], flavor, -1)
         for host, flavor in _holdings(new):

@@ -21,7 +21,6 @@ import json
 import logging
 import random
 import traceback
-import uuid as uuidlib
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -50,6 +49,7 @@ from drivers.base import (
 
 from ._calls import CALLS, StepCall, StepRun
 from ._committer import Committer
+from ._ids import random_uuid, uuid_from_bits
 from ._params import normalize_params, resolve_action
 from ._placement import Placement
 from ._schema import (
@@ -432,16 +432,16 @@ class Engine:
 
     def _new_uuid(self) -> str:
         if self._rng is None:
-            return str(uuidlib.uuid4())
-        return str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
+            return random_uuid()
+        return uuid_from_bits(self._rng.getrandbits(128))
 
     async def _flush_marks(self) -> None:
         await self._committer.flush_marks()
 
     def _new_action_id(self) -> str:
         if self._ids is None:
-            return str(uuidlib.uuid4())
-        return str(uuidlib.UUID(int=self._ids.getrandbits(128), version=4))
+            return random_uuid()
+        return uuid_from_bits(self._ids.getrandbits(128))
 
     @property
     def store(self) -> Store:

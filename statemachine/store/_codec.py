@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from drivers.base import PowerState
 
+from ..audit import AuditRecord
 from ..model import Fault, Flavor, Instance
 from ..states import TaskState, VmState
 
@@ -127,3 +128,28 @@ def dumps_instance(inst: Instance) -> str:
 def loads_instance(text: str) -> Instance:
     """The record from :func:`dumps_instance`'s text."""
     return decode_instance(json.loads(text))
+
+
+AUDIT_COLUMNS = "seq, writer, wseq, event, instance, action_id, request_id, body, prev, hash"
+"""The audit table's columns, in the order :func:`audit_record` reads them (both SQL stores)."""
+
+
+def audit_record(row: Iterable[Any]) -> AuditRecord:
+    """An audit row as the record it seals, keeping the stored body text: verification hashes
+    those bytes, and the indexed columns are checked against the body."""
+    seq, writer, wseq, event, instance, action_id, request_id, body, prev, digest = row
+    return AuditRecord(
+        seq=seq,
+        writer=writer,
+        wseq=wseq,
+        prev=prev,
+        hash=digest,
+        body=json.loads(body),
+        raw=body.encode("utf-8"),
+        index={
+            "event": event,
+            "instance": instance,
+            "action_id": action_id,
+            "request_id": request_id,
+        },
+    )

@@ -52,7 +52,7 @@ from ..clock import real_time, to_thread
 from ..errors import Conflict, DuplicateRequest, InstanceNotFound, StoreError
 from ..model import Instance
 from . import RequestRecord, Write
-from ._codec import dumps_instance, loads_instance
+from ._codec import AUDIT_COLUMNS, audit_record, dumps_instance, loads_instance
 from ._postgres_schema import MIGRATIONS, advisory_key, migrate, schema_version
 from ._sqlite_schema import Migration
 from ._working import WorkingSet
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresStore"]
 
-_AUDIT_COLUMNS = "seq, writer, wseq, event, instance, action_id, request_id, body, prev, hash"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _RETRIES = 3
 """Attempts at a batch that PostgreSQL aborted as a deadlock or a serialization failure."""
@@ -86,7 +85,7 @@ _INSERT_REQUEST = (
 )
 _APPEND = f"""WITH
 records AS (
-    INSERT INTO audit ({_AUDIT_COLUMNS})
+    INSERT INTO audit ({AUDIT_COLUMNS})
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
 ), head AS (
@@ -104,25 +103,6 @@ records AS (
 SELECT 1"""
 """The rest of a batch in one round trip: the won units' audit records, the writer's signed
 head (when it has new records), their outbox rows, and the sent marks of earlier messages."""
-
-
-def _record(row: asyncpg.Record) -> AuditRecord:
-    seq, writer, wseq, event, instance, action_id, request_id, body, prev, digest = row
-    return AuditRecord(
-        seq=seq,
-        writer=writer,
-        wseq=wseq,
-        prev=prev,
-        hash=digest,
-        body=json.loads(body),
-        raw=body.encode("utf-8"),
-        index={
-            "event": event,
-            "instance": instance,
-            "action_id": action_id,
-            "request_id": request_id,
-        },
-    )
 
 
 def _line(exc: BaseException) -> str:
@@ -532,11 +512,11 @@ class PostgresStore(WorkingSet):
         if action_id is not None:
             args.append(action_id)
             where.append(f"action_id = ${len(args)}")
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq"
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         async with self._use("reading") as conn:
-            return [_record(r) for r in await conn.fetch(sql, *args)]
+            return [audit_record(r) for r in await conn.fetch(sql, *args)]
 
     async def verify(self, *, head: str | None = None, key: bytes | None = None) -> VerifyReport:
         """Verify the whole log as of one snapshot, streamed: while other engines append,
@@ -550,7 +530,7 @@ class PostgresStore(WorkingSet):
                 SignedHead(*row)
                 for row in await conn.fetch("SELECT writer, wseq, hash, mac FROM audit_heads")
             ]
-            cursor = await conn.cursor(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq")
+            cursor = await conn.cursor(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
 
             def records() -> Iterator[AuditRecord]:
                 # runs in the worker thread below; each page is fetched on the loop
@@ -558,7 +538,7 @@ class PostgresStore(WorkingSet):
                     page = anyio.from_thread.run(cursor.fetch, 2000)
                     if not page:
                         return
-                    yield from (_record(row) for row in page)
+                    yield from (audit_record(row) for row in page)
 
             return await to_thread(
                 lambda: verify_records(records(), head=head, key=key, signed=signed)

@@ -34,7 +34,7 @@ from ..clock import to_thread
 from ..errors import Conflict, DuplicateRequest, InstanceNotFound, StoreError
 from ..model import Instance
 from . import RequestRecord, Write
-from ._codec import dumps_instance, loads_instance
+from ._codec import AUDIT_COLUMNS, audit_record, dumps_instance, loads_instance
 from ._sqlite_schema import MIGRATIONS, Migration, migrate, schema_version
 from ._working import WorkingSet
 
@@ -45,27 +45,6 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-
-_AUDIT_COLUMNS = "seq, writer, wseq, event, instance, action_id, request_id, body, prev, hash"
-
-
-def _record(row: tuple[Any, ...]) -> AuditRecord:
-    seq, writer, wseq, event, instance, action_id, request_id, body, prev, digest = row
-    return AuditRecord(
-        seq=seq,
-        writer=writer,
-        wseq=wseq,
-        prev=prev,
-        hash=digest,
-        body=json.loads(body),
-        raw=body.encode("utf-8"),
-        index={
-            "event": event,
-            "instance": instance,
-            "action_id": action_id,
-            "request_id": request_id,
-        },
-    )
 
 
 class SqliteStore(WorkingSet):
@@ -253,7 +232,7 @@ class SqliteStore(WorkingSet):
                              json.dumps(n.envelope(), separators=(",", ":")))
                         )  # fmt: skip
                 conn.executemany(
-                    f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     audit_rows,
                 )
                 conn.executemany(
@@ -394,16 +373,17 @@ class SqliteStore(WorkingSet):
         if action_id is not None:
             where.append("action_id = ?")
             args.append(action_id)
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq"
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return await self._read(lambda c: [_record(r) for r in c.execute(sql, args)])
+        return await self._read(lambda c: [audit_record(r) for r in c.execute(sql, args)])
 
     async def verify(self, *, head: str | None = None, key: bytes | None = None) -> VerifyReport:
         def run(conn: sqlite3.Connection) -> VerifyReport:
             signed = [SignedHead(*row) for row in conn.execute("SELECT * FROM audit_heads")]
-            rows = conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq")
-            return verify_records((_record(r) for r in rows), head=head, key=key, signed=signed)
+            rows = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
+            records = (audit_record(r) for r in rows)
+            return verify_records(records, head=head, key=key, signed=signed)
 
         return await self._read(run)
 
