@@ -164,12 +164,12 @@ async def _floor_drive(floor: _Floor, latencies: list[float]) -> None:
     await asyncio.gather(*(one(u) for u in list(floor.states)))
 
 
-def run_floor(n: int) -> Figures:
+def run_floor(n: int, memory: bool = True) -> Figures:
     """The plain-Python floor: setup is filling the dict; each transition is a lookup, an
     assignment and an appended tuple, and each instance yields to the loop after each one (the
     least that lets instances interleave at all)."""
     uuids = _uuids(n)
-    _, mem = measure_memory(lambda: dict.fromkeys(_uuids(n), "active"))
+    mem = measure_memory(lambda: dict.fromkeys(_uuids(n), "active"))[1] if memory else None
     t0 = time.perf_counter()
     floor = _Floor(uuids)
     setup = time.perf_counter() - t0
@@ -186,8 +186,8 @@ def run_floor(n: int) -> Figures:
         elapsed_s=elapsed,
         latency_p50_ms=percentile(latencies, 50) * 1000,
         latency_p99_ms=percentile(latencies, 99) * 1000,
-        bytes_per_idle_instance=mem / n,
-        memory_sample=n,
+        bytes_per_idle_instance=None if mem is None else mem / n,
+        memory_sample=n if memory else 0,
         peak_rss_mb=peak_rss_mb(),
     )
 
@@ -247,11 +247,11 @@ def _naive_sample_bytes(sample: int) -> float:
     return mem
 
 
-def run_naive(n: int) -> Figures:
+def run_naive(n: int, memory: bool = True) -> Figures:
     """``add_model`` per instance, then every instance through the cycle at once. Memory is
     measured on :data:`NAIVE_MEMORY_SAMPLE` models of a second machine (see there)."""
     sample = min(n, NAIVE_MEMORY_SAMPLE)
-    mem = _naive_sample_bytes(sample)
+    mem = _naive_sample_bytes(sample) if memory else None
     machine = naive_machine()
     t0 = time.perf_counter()
     models = _naive_models(machine, n)
@@ -269,7 +269,7 @@ def run_naive(n: int) -> Figures:
         elapsed_s=elapsed,
         latency_p50_ms=percentile(latencies, 50) * 1000,
         latency_p99_ms=percentile(latencies, 99) * 1000,
-        bytes_per_idle_instance=mem / sample,
-        memory_sample=sample,
+        bytes_per_idle_instance=None if mem is None else mem / sample,
+        memory_sample=sample if memory else 0,
         peak_rss_mb=peak_rss_mb(),
     )

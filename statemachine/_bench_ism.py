@@ -156,10 +156,10 @@ def _adopted_bytes(n: int, hosts: list[str], driver: SimulatorDriver) -> float:
     return mem
 
 
-async def _ism_memory(n: int) -> Figures:
+async def _ism_memory(n: int, memory: bool) -> Figures:
     hosts = _hosts(n)
     driver = _driver(hosts)
-    mem = _adopted_bytes(n, hosts, driver)
+    mem = _adopted_bytes(n, hosts, driver) if memory else None
     stamp = _Stamped(MemoryCapture(maxlen=CAPTURE))
     engine = Engine(driver, sinks=[stamp], config=Config())
     t0 = time.perf_counter()
@@ -175,14 +175,16 @@ async def _ism_memory(n: int) -> Figures:
         run = await _cycle(engine, stamp, uuids)
         changes = engine.statistics().state_changes - before
     figures = _figures("ism_memory", n, setup, changes, run, stamp)
+    if mem is None:
+        return figures
     return attrs.evolve(figures, bytes_per_idle_instance=mem / n, memory_sample=n)
 
 
-def run_ism_memory(n: int) -> Figures:
+def run_ism_memory(n: int, memory: bool = True) -> Figures:
     """The real engine on the memory store, notifications built and captured in memory. Setup
     is building ``n`` idle records and ``Engine.adopt`` (the bulk path); memory is what adopting
     them leaves allocated, records included."""
-    return asyncio.run(_ism_memory(n))
+    return asyncio.run(_ism_memory(n, memory))
 
 
 # -- durable stores: audited state changes, group commit against a commit per change ---------

@@ -162,15 +162,17 @@ def _ratios(row: dict[str, Any], size_rows: dict[str, dict[str, Any]], name: str
 def _measure(plan: BenchPlan, run: _Runner) -> dict[str, Any]:
     sizes: dict[str, dict[str, Any]] = {}
     baseline_sizes = sorted({*plan.sizes, plan.store_instances})
-    jobs: list[tuple[int, str, Callable[..., Figures], tuple[Any, ...]]] = []
+    jobs: list[tuple[int, str, Callable[[int, bool], Figures]]] = []
     for n in baseline_sizes:
-        jobs.append((n, "floor", baselines.run_floor, (n,)))
-        jobs.append((n, "naive", baselines.run_naive, (n,)))
+        jobs.append((n, "floor", baselines.run_floor))
+        jobs.append((n, "naive", baselines.run_naive))
         if n in plan.sizes:
-            jobs.append((n, "ism_memory", ism.run_ism_memory, (n,)))
-    for n, name, fn, args in jobs:
+            jobs.append((n, "ism_memory", ism.run_ism_memory))
+    for n, name, fn in jobs:
+        # memory is measured in the first run only: it does not vary between runs, and
+        # tracemalloc makes the naive machine's sample cost as much as its setup
         runs = [
-            run(f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}", fn, *args)
+            run(f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}", fn, n, i == 0)
             for i in range(plan.runs(n))
         ]
         sizes.setdefault(str(n), {})[name] = _median_row(runs)
