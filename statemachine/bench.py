@@ -184,13 +184,13 @@ def _measure(plan: BenchPlan, run: _Runner) -> dict[str, Any]:
             name = "sqlite_group_commit" if group else "sqlite_per_change"
             runs = [
                 run(
-                    f"{name}, {n:,} instances, run {i + 1} of {plan.repeat}",
+                    f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}",
                     ism.run_sqlite,
                     n,
                     tmp,
                     group,
                 )
-                for i in range(plan.repeat)
+                for i in range(plan.runs(n))
             ]
             sizes[str(n)][name] = _median_row(runs)
     if plan.pg_url is not None:
@@ -199,13 +199,13 @@ def _measure(plan: BenchPlan, run: _Runner) -> dict[str, Any]:
             name = "postgres_group_commit" if group else "postgres_per_change"
             runs = [
                 run(
-                    f"{name}, {n:,} instances, run {i + 1} of {plan.repeat}",
+                    f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}",
                     ism.run_postgres,
                     n,
                     plan.pg_url,
                     group,
                 )
-                for i in range(plan.repeat)
+                for i in range(plan.runs(n))
             ]
             sizes[str(n)][name] = _median_row(runs)
     for size_rows in sizes.values():
