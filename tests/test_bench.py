@@ -20,9 +20,10 @@ from statemachine._bench_baselines import (
     run_floor,
     run_naive,
 )
-from statemachine._bench_ism import run_ism_memory, run_timers
+from statemachine._bench_ism import run_ism_memory, run_postgres, run_sqlite, run_timers
 from statemachine.bench import TARGETS
 from statemachine.cli import main
+from tests.postgres_support import require_postgres
 
 NAMED = (
     "changes_vs_naive_transitions",
@@ -101,6 +102,23 @@ def test_ism_memory_counts_its_changes_and_end_notifications() -> None:
     assert figures.changes == 8 * 20
     assert figures.actions == 4 * 20
     assert figures.notifications >= 2 * figures.actions
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["per-change", "group-commit"])
+def test_durable_rows_audit_every_change(tmp_path: Path, group: bool) -> None:
+    """The SQLite rows count the cycle's changes after the audited creates, and every action's
+    ``.end`` arrives through the outbox (one latency each); the files are removed after."""
+    figures = run_sqlite(10, str(tmp_path), group)
+    assert (figures.changes, figures.actions) == (8 * 10, 4 * 10)
+    assert figures.latency_p99_ms >= figures.latency_p50_ms > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_postgres_rows_run_in_a_schema_of_their_own() -> None:
+    """``--pg-url``'s rows run the same cycle on PostgreSQL (skips without a server, fails
+    instead under ISM_REQUIRE_SERVICES=1, as the other PostgreSQL tests)."""
+    figures = run_postgres(10, require_postgres(), True)
+    assert (figures.changes, figures.actions) == (8 * 10, 4 * 10)
 
 
 def test_floor_table_is_the_lifecycle() -> None:
