@@ -1,421 +1,381 @@
-"""``ism bench``: ism's engine beside a naive ``transitions`` AsyncMachine, in one run.
+"""``ism bench``: ism beside a plain-Python floor and a naive ``transitions`` machine, in one run.
 
-Both drive the same lifecycle table. The naive baseline is what one would write first: an
-``AsyncMachine`` holding every instance through ``add_model``, each transition appending an
-event. ism runs its real engine (guards, compare-and-swap, Nova-shaped notifications captured in
-memory) on the simulator at zero latency. Figures are per machine; the ratios are what matter.
+Every side drives the same lifecycle table through the same cycle (stop, start, pause, unpause:
+eight guarded state changes per instance), every instance at once on one asyncio loop:
+
+* ``floor``: a dict (state, trigger) -> destination, a tuple appended per change
+  (:mod:`statemachine._bench_baselines`);
+* ``naive``: one ``transitions`` ``AsyncMachine``, ``add_model`` per instance, an event
+  appended per change (same module);
+* ``ism_memory``: the engine on the memory store, Nova-shaped notifications built and captured;
+  ``sqlite_per_change`` / ``sqlite_group_commit``: on SQLite, every change audited and its
+  notifications in the outbox (:mod:`statemachine._bench_ism`); PostgreSQL with ``--pg-url``.
+
+Each measurement runs in a fresh process, so no side inherits another's heap (the naive
+machine's 100,000 instances hold ~9 GB) or its garbage collector's state; figures are medians
+of the repetitions, and every ratio is taken between figures of the same run. A separate
+measurement arms many deadlines in one timer service and fires them on the real clock while a
+fleet is driven on the same loop. Figures are per machine and per version; the ratios are what
+matter.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import gc
 import json
+import multiprocessing
 import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
-import tracemalloc
-import uuid as uuidlib
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, TypeVar
 
-import anyio
 import attrs
 
-from drivers.base import PowerState
-from drivers.simulator import LatencyModel, SimHost, SimulatorDriver
+from . import _bench_baselines as baselines
+from . import _bench_ism as ism
+from ._bench_baselines import CHANGES_PER_INSTANCE, CYCLE, NAIVE_MEMORY_SAMPLE, Figures
 
-from ._schema import state_name
-from .config import Config
-from .engine import Engine
-from .lifecycle import DEFAULT_LIFECYCLE
-from .model import Flavor, Instance, RequestContext
-from .sinks import MemoryCapture
-from .states import VmState
-from .store import PostgresStore, SqliteStore, Store
+__all__ = ["TARGETS", "BenchPlan", "run_bench"]
 
-__all__ = ["BenchResult", "run_bench"]
+T = TypeVar("T")
 
-CYCLE = ("stop", "start", "pause", "unpause")
-"""Four actions, eight guarded state changes per instance (accept and done of each)."""
-OWNER = RequestContext(user_id="bench", project_id="bench", roles=frozenset({"member"}))
-
-
-@attrs.frozen
-class BenchResult:
-    """One side's figures."""
-
-    name: str
-    instances: int
-    setup_s: float
-    changes: int
-    changes_per_s: float
-    bytes_per_idle_instance: float
-
-
-def _measure_memory(build: Callable[[], Any]) -> tuple[Any, float]:
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    kept = build()
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return kept, float(after - before)
+BASELINES = ("floor", "naive")
+LABELS = {
+    "floor": "floor: dict table",
+    "naive": "naive transitions (add_model)",
+    "ism_memory": "ism, memory store",
+    "sqlite_per_change": "ism, SQLite, commit per change",
+    "sqlite_group_commit": "ism, SQLite, group commit",
+    "postgres_per_change": "ism, PostgreSQL, commit per chg",
+    "postgres_group_commit": "ism, PostgreSQL, group commit",
+}
+FIGURES = (
+    "setup_s",
+    "changes_per_s",
+    "actions_per_s",
+    "bytes_per_idle_instance",
+    "latency_p50_ms",
+    "latency_p99_ms",
+)
+TARGETS: dict[str, tuple[str, float]] = {
+    "changes_vs_naive_transitions": (">=", 6.0),
+    "changes_vs_floor": (">=", 1 / 8),
+    "setup_vs_add_model": (">=", 30.0),
+    "memory_vs_naive": ("<=", 1 / 5),
+    "group_commit_vs_per_change": (">=", 20.0),
+    "timer_p99_lateness_ms": ("<", 10.0),
+}
+"""The issue's targets: name -> (comparison, bound), each checked on this run's figures."""
 
 
-# -- the naive baseline --------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class BenchPlan:
+    """What one ``ism bench`` invocation measures (the CLI's flags)."""
+
+    sizes: tuple[int, ...] = (1000, 10_000, 100_000)
+    repeat: int = 3
+    large: int = 50_000
+    """Sizes from this up run ``repeat_large`` times: one naive run of 100,000 takes minutes."""
+    repeat_large: int = 1
+    store_instances: int = 1000
+    store_dir: Path | None = None
+    pg_url: str | None = None
+    timers: int = 100_000
+    timer_fleet: int = 10_000
+    timer_concurrency: int = 100
+    timer_spread_s: float = 3.0
+    isolate: bool = True
+    """Each measurement in a fresh process (off only for tests of the report itself)."""
+
+    def runs(self, size: int) -> int:
+        """Repetitions at ``size``."""
+        return self.repeat_large if size >= self.large else self.repeat
 
 
-class _NaiveModel:
-    def __init__(self) -> None:
-        self.events: list[dict[str, str]] = []
-
-    def record(self, event: Any) -> None:
-        self.events.append({"event": event.event.name, "state": event.state.name})
-
-
-def _naive_machine() -> Any:
-    from transitions.extensions.asyncio import AsyncMachine
-
-    states = [state_name(s) for s in DEFAULT_LIFECYCLE.states()]
-    machine = AsyncMachine(
-        model=None,
-        states=states,
-        initial="active",
-        auto_transitions=False,
-        send_event=True,
-        after_state_change="record",
-    )
-    for t in DEFAULT_LIFECYCLE.transitions():
-        if t.kind != "internal":
-            machine.add_transition(t.trigger, state_name(t.source), state_name(t.dest))
-    return machine
+def _fresh_process(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a process of its own (spawned: nothing inherited but the arguments)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
 
 
-async def _naive_drive(machine: Any, models: list[_NaiveModel]) -> int:
-    async def one(model: _NaiveModel) -> None:
-        for action in CYCLE:
-            await model.trigger(action)  # type: ignore[attr-defined]
-            await model.trigger(f"{action}:done")  # type: ignore[attr-defined]
+class _Runner:
+    """Runs measurements, in fresh processes or not, saying on ``progress`` what it is at."""
 
-    await asyncio.gather(*(one(m) for m in models))
-    return sum(len(m.events) for m in models)
+    def __init__(self, plan: BenchPlan, progress: TextIO | None) -> None:
+        self.plan = plan
+        self.progress = progress
+        self.started = time.perf_counter()
 
-
-def bench_naive(n: int) -> BenchResult:
-    """add_model per instance, then every instance through the cycle concurrently.
-
-    Setup is timed without tracemalloc (which slows allocation); memory is measured on a
-    second machine of ``min(n, 2000)`` models, since add_model's cost per model is flat.
-    """
-
-    def build(machine: Any, count: int) -> list[_NaiveModel]:
-        models = [_NaiveModel() for _ in range(count)]
-        for m in models:
-            machine.add_model(m)
-        return models
-
-    sample = min(n, 2000)
-    _, mem = _measure_memory(lambda: build(_naive_machine(), sample))
-    machine = _naive_machine()
-    t0 = time.perf_counter()
-    models = build(machine, n)
-    setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    changes = asyncio.run(_naive_drive(machine, models))
-    elapsed = time.perf_counter() - t0
-    return BenchResult(
-        "naive transitions AsyncMachine", n, setup, changes, changes / elapsed, mem / sample
-    )
+    def __call__(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.started
+            print(f"ism bench: [{elapsed:7.1f} s] {what}", file=self.progress, flush=True)
+        return _fresh_process(fn, *args) if self.plan.isolate else fn(*args)
 
 
-# -- ism -------------------------------------------------------------------------------------
+def _median_row(runs: list[Figures]) -> dict[str, Any]:
+    """Each figure's median over the runs (figures are taken apart: the median setup and the
+    median throughput may come from different runs)."""
+
+    def med(get: Callable[[Figures], float | None]) -> float | None:
+        values = [v for v in map(get, runs) if v is not None]
+        return float(statistics.median(values)) if values else None
+
+    first = runs[0]
+    return {
+        "instances": first.instances,
+        "runs": len(runs),
+        "changes_per_run": first.changes,
+        "actions_per_run": first.actions,
+        "notifications_per_run": first.notifications,
+        "memory_sample": first.memory_sample,
+        "setup_s": med(lambda r: r.setup_s),
+        "changes_per_s": med(lambda r: r.changes_per_s),
+        "actions_per_s": med(lambda r: r.actions_per_s),
+        "bytes_per_idle_instance": med(lambda r: r.bytes_per_idle_instance),
+        "latency_p50_ms": med(lambda r: r.latency_p50_ms),
+        "latency_p99_ms": med(lambda r: r.latency_p99_ms),
+        "peak_rss_mb": med(lambda r: r.peak_rss_mb),
+    }
 
 
-def _records(n: int, hosts: list[str]) -> list[Instance]:
-    flavor = Flavor(vcpus=1, memory_mb=256, root_gb=1)
-    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    return [
-        Instance(
-            uuid=f"00000000-0000-4000-8000-{i:012d}",
-            name=f"vm{i}",
-            user_id="bench",
-            project_id="bench",
-            flavor=flavor,
-            image="cirros",
-            vm_state=VmState.ACTIVE,
-            task_state=None,
-            power_state=PowerState.RUNNING,
-            created_at=stamp,
-            updated_at=stamp,
-            host=hosts[i % len(hosts)],
-            launched_at=stamp,
-        )
-        for i in range(n)
-    ]
+def _ratios(row: dict[str, Any], size_rows: dict[str, dict[str, Any]], name: str) -> None:
+    """``<figure>_vs_<baseline>``: this row's figure over the baseline's at the same size."""
+    ratios: dict[str, float] = {}
+    for base in BASELINES:
+        if base == name or base not in size_rows or (name == "floor" and base == "naive"):
+            continue
+        for figure in FIGURES:
+            mine, theirs = row.get(figure), size_rows[base].get(figure)
+            if mine is not None and theirs:
+                ratios[f"{figure}_vs_{base}"] = mine / theirs
+    if ratios:
+        row["ratios"] = ratios
 
 
-async def _ism_run(n: int) -> tuple[BenchResult, int]:
-    hosts = [f"compute{i}" for i in range(max(1, n // 1000))]
-    driver = SimulatorDriver(
-        hosts=[SimHost(h, vcpus=10**6, memory_mb=10**9, disk_gb=10**9) for h in hosts],
-        latency=LatencyModel(scale=0.0),
-    )
-    capture = MemoryCapture(maxlen=None)
-    engine = Engine(driver, sinks=[capture], config=Config())
-
-    def adopt_all() -> Engine:
-        probe = Engine(driver, config=Config())
-        probe.adopt(_records(n, hosts))
-        return probe
-
-    _, mem = _measure_memory(adopt_all)
-    t0 = time.perf_counter()
-    records = _records(n, hosts)
-    engine.adopt(records)
-    setup = time.perf_counter() - t0
-    for r in records:
-        await driver.spawn(r.guest())
-    async with engine:
-        before = engine.statistics().state_changes
-        t0 = time.perf_counter()
-
-        async def one(uuid: str) -> None:
-            for action in CYCLE:
-                await engine.act(OWNER, action, uuid)
-
-        async with anyio.create_task_group() as tg:
-            for r in records:
-                tg.start_soon(one, r.uuid)
-        elapsed = time.perf_counter() - t0
-        changes = engine.statistics().state_changes - before
-    result = BenchResult(
-        "ism engine (memory store, notifications captured)",
-        n,
-        setup,
-        changes,
-        changes / elapsed,
-        mem / n,
-    )
-    return result, len(capture.notifications)
-
-
-def bench_ism(n: int) -> tuple[BenchResult, int]:
-    """The real engine, the same cycle, notifications built and captured."""
-    return asyncio.run(_ism_run(n))
-
-
-# -- ism on SQLite: audited state changes, group commit vs one commit per change ------------
-
-
-def fsync_latency(directory: Path, samples: int = 200) -> float:
-    """The median seconds of one small write + fsync in ``directory`` (the disk under the
-    store): what a commit per change pays at least once per change."""
-    path = directory / ".ism-fsync-probe"
-    times = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for _ in range(samples):
-            os.write(fd, b"x" * 4096)
-            t0 = time.perf_counter()
-            os.fsync(fd)
-            times.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-    return float(statistics.median(times))
-
-
-async def _store_run(n: int, store: Store, group: bool, name: str) -> BenchResult:
-    driver = SimulatorDriver(
-        hosts=[SimHost("compute1", vcpus=10**6, memory_mb=10**9, disk_gb=10**9)],
-        latency=LatencyModel(scale=0.0),
-    )
-    engine = Engine(
-        driver,
-        store=store,
-        config=Config(group_commit=group),
-        sinks=[MemoryCapture(maxlen=10_000)],
-    )
-    flavor = {"vcpus": 1, "memory_mb": 256, "root_gb": 1}
-    async with engine:
-        uuids: list[str] = []
-        t0 = time.perf_counter()
-
-        async def create(i: int) -> None:
-            result = await engine.create(OWNER, name=f"vm{i}", flavor=flavor, image="cirros")
-            uuids.append(result.instance.uuid)
-
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                tg.start_soon(create, i)
-        setup = time.perf_counter() - t0
-        before = engine.statistics().state_changes
-        t0 = time.perf_counter()
-
-        async def one(uuid: str) -> None:
-            for action in CYCLE:
-                await engine.act(OWNER, action, uuid)
-
-        async with anyio.create_task_group() as tg:
-            for uuid in uuids:
-                tg.start_soon(one, uuid)
-        elapsed = time.perf_counter() - t0
-        changes = engine.statistics().state_changes - before
-    return BenchResult(name, n, setup, changes, changes / elapsed, 0.0)
-
-
-def bench_sqlite(n: int, directory: Path, *, group: bool) -> BenchResult:
-    """The same cycle on a fresh SQLite file (WAL, synchronous=FULL): every change audited,
-    its notifications in the outbox, committed in groups or one per transaction."""
-    path = directory / f"bench-{'group' if group else 'single'}.db"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    name = "ism, SQLite, group commit" if group else "ism, SQLite, a commit per change"
-    return asyncio.run(_store_run(n, SqliteStore(path), group, name))
-
-
-# -- ism on PostgreSQL (issue 9): the same cycle, beside SQLite's rows ------------------------
-
-
-async def _postgres_settings(url: str) -> str:
-    """The server settings a commit's cost rests on, as one line."""
-    import asyncpg
-
-    from .store.postgres import _split_url
-
-    conn = await asyncpg.connect(_split_url(url)[0], timeout=10)
-    try:
-        rows = [
-            f"{name}={await conn.fetchval(f'SHOW {name}')}"
-            for name in ("server_version", "fsync", "synchronous_commit")
+def _measure(plan: BenchPlan, run: _Runner) -> dict[str, Any]:
+    sizes: dict[str, dict[str, Any]] = {}
+    baseline_sizes = sorted({*plan.sizes, plan.store_instances})
+    jobs: list[tuple[int, str, Callable[[int, bool], Figures]]] = []
+    for n in baseline_sizes:
+        jobs.append((n, "floor", baselines.run_floor))
+        jobs.append((n, "naive", baselines.run_naive))
+        if n in plan.sizes:
+            jobs.append((n, "ism_memory", ism.run_ism_memory))
+    for n, name, fn in jobs:
+        # memory is measured in the first run only: it does not vary between runs, and
+        # tracemalloc makes the naive machine's sample cost as much as its setup
+        runs = [
+            run(f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}", fn, n, i == 0)
+            for i in range(plan.runs(n))
         ]
-    finally:
-        await conn.close()
-    return ", ".join(rows)
+        sizes.setdefault(str(n), {})[name] = _median_row(runs)
+    figures: dict[str, Any] = {"sizes": sizes}
+    n = plan.store_instances
+    with tempfile.TemporaryDirectory(dir=plan.store_dir, prefix="ism-bench-") as tmp:
+        figures["fsync_median_ms"] = ism.fsync_latency(Path(tmp)) * 1000
+        for group in (False, True):
+            name = "sqlite_group_commit" if group else "sqlite_per_change"
+            runs = [
+                run(
+                    f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}",
+                    ism.run_sqlite,
+                    n,
+                    tmp,
+                    group,
+                )
+                for i in range(plan.runs(n))
+            ]
+            sizes[str(n)][name] = _median_row(runs)
+    if plan.pg_url is not None:
+        figures["postgres_settings"] = ism.postgres_settings(plan.pg_url)
+        for group in (False, True):
+            name = "postgres_group_commit" if group else "postgres_per_change"
+            runs = [
+                run(
+                    f"{name}, {n:,} instances, run {i + 1} of {plan.runs(n)}",
+                    ism.run_postgres,
+                    n,
+                    plan.pg_url,
+                    group,
+                )
+                for i in range(plan.runs(n))
+            ]
+            sizes[str(n)][name] = _median_row(runs)
+    for size_rows in sizes.values():
+        for name, row in size_rows.items():
+            _ratios(row, size_rows, name)
+    timers = {}
+    for key, freeze in (("default_gc", False), ("gc_frozen", True)):
+        what = (
+            f"{plan.timers:,} timers, fleet of {plan.timer_fleet:,}, "
+            f"{'gc.freeze()' if freeze else 'default GC'}"
+        )
+        result = run(
+            what,
+            ism.run_timers,
+            plan.timers,
+            plan.timer_fleet,
+            plan.timer_concurrency,
+            plan.timer_spread_s,
+            freeze,
+        )
+        timers[key] = attrs.asdict(result)
+    figures["timers"] = timers
+    return figures
 
 
-async def _postgres_run(n: int, url: str, group: bool) -> BenchResult:
-    """One run in a schema of its own, dropped afterwards (the database is someone's)."""
-    import asyncpg
+def _headline(figures: dict[str, Any], plan: BenchPlan) -> None:
+    """The issue's named ratios, at the largest size run, and each target checked."""
+    largest = str(max(plan.sizes))
+    rows = figures["sizes"][largest]
+    ism_row, naive, floor = rows["ism_memory"], rows["naive"], rows["floor"]
+    store = figures["sizes"][str(plan.store_instances)]
+    figures["headline_instances"] = int(largest)
+    figures["changes_vs_naive_transitions"] = ism_row["changes_per_s"] / naive["changes_per_s"]
+    figures["changes_vs_floor"] = ism_row["changes_per_s"] / floor["changes_per_s"]
+    figures["setup_vs_add_model"] = naive["setup_s"] / ism_row["setup_s"]
+    figures["memory_vs_naive"] = (
+        ism_row["bytes_per_idle_instance"] / naive["bytes_per_idle_instance"]
+    )
+    figures["group_commit_vs_per_change"] = (
+        store["sqlite_group_commit"]["changes_per_s"] / store["sqlite_per_change"]["changes_per_s"]
+    )
+    figures["timer_p99_lateness_ms"] = figures["timers"]["default_gc"]["lateness_p99_ms"]
+    if "postgres_group_commit" in store:
+        figures["postgres_vs_sqlite_group_commit"] = (
+            store["postgres_group_commit"]["changes_per_s"]
+            / store["sqlite_group_commit"]["changes_per_s"]
+        )
+    targets = {}
+    for name, (rule, bound) in TARGETS.items():
+        value = figures[name]
+        met = value >= bound if rule == ">=" else value <= bound if rule == "<=" else value < bound
+        targets[name] = {"value": value, "target": bound, "rule": rule, "met": bool(met)}
+    figures["targets"] = targets
 
-    from .store.postgres import _split_url
 
-    schema = f"ism_bench_{uuidlib.uuid4().hex[:12]}"
-    name = "ism, PostgreSQL, group commit" if group else "ism, PostgreSQL, a commit per change"
-    try:
-        return await _store_run(n, PostgresStore(url, schema=schema), group, name)
-    finally:
-        conn = await asyncpg.connect(_split_url(url)[0], timeout=10)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+def _num(value: float | None, width: int, digits: int = 0) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{value:>{width},.{digits}f}"
 
 
-def bench_postgres(n: int, url: str, *, group: bool) -> BenchResult:
-    """The same cycle on a fresh schema of the PostgreSQL database at ``url``: every change
-    audited, its notifications in the outbox, committed in groups or one per transaction."""
-    return asyncio.run(_postgres_run(n, url, group))
+def _sig(value: float | None, width: int) -> str:
+    """Three significant figures, for ratios and small times that span decades."""
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.3g}"
+
+
+def _render(figures: dict[str, Any], plan: BenchPlan) -> str:
+    lines = [
+        f"ism bench: {CHANGES_PER_INSTANCE} state changes per instance ({', '.join(CYCLE)}), "
+        "every instance at once on one asyncio loop; each measurement in a fresh process; "
+        f"median of {plan.repeat} runs ({plan.repeat_large} from {plan.large:,} instances up)",
+        f"python {platform.python_version()}, {os.cpu_count()} cpus; figures are per machine "
+        "and version, the ratios are what matter",
+    ]
+    head = (
+        f"{'':<33}{'runs':>5}{'setup s':>10}{'changes/s':>11}{'actions/s':>11}"
+        f"{'B/idle inst':>12}{'p50 ms':>9}{'p99 ms':>9}"
+    )
+    for size, rows in sorted(figures["sizes"].items(), key=lambda kv: int(kv[0])):
+        lines += ["", f"{int(size):,} instances", head]
+        for name, row in rows.items():
+            lines.append(
+                f"{LABELS[name]:<33}{row['runs']:>5}{_sig(row['setup_s'], 10)}"
+                f"{_num(row['changes_per_s'], 11)}{_num(row['actions_per_s'], 11)}"
+                f"{_num(row['bytes_per_idle_instance'], 12)}{_num(row['latency_p50_ms'], 9, 1)}"
+                f"{_num(row['latency_p99_ms'], 9, 1)}"
+            )
+        lines.append("ratios (this row / baseline, same size):")
+        lines.append(
+            f"{'':<33}{'vs':>7}{'setup':>10}{'changes/s':>11}{'actions/s':>11}"
+            f"{'memory':>12}{'p50':>9}{'p99':>9}"
+        )
+        for name, row in rows.items():
+            ratios = row.get("ratios", {})
+            for base in BASELINES:
+                if f"changes_per_s_vs_{base}" not in ratios:
+                    continue
+                cells = [
+                    _sig(ratios.get(f"{f}_vs_{base}"), w)
+                    for f, w in zip(FIGURES, (10, 11, 11, 12, 9, 9), strict=True)
+                ]
+                lines.append(f"{'  ' + LABELS[name]:<33}{base:>7}{''.join(cells)}")
+    naive_sampled = any(
+        rows["naive"]["memory_sample"] < rows["naive"]["instances"]
+        for rows in figures["sizes"].values()
+    )
+    lines += [
+        "",
+        "setup: floor fills a dict; naive calls add_model per instance; ism builds the records "
+        "and Engine.adopt()s them; on SQLite, every instance is an audited create.",
+        "B/idle inst: tracemalloc, what the idle instances leave allocated"
+        + (
+            f" (naive: measured on {NAIVE_MEMORY_SAMPLE:,} models, its cost per model is flat)"
+            if naive_sampled
+            else ""
+        )
+        + ".",
+        "p50/p99 ms: from an action's start (first trigger; engine.act() called) to its "
+        "completion being recorded (the :done event appended; the .end notification at the "
+        "sink).",
+        "",
+        f"audited state changes on SQLite (WAL, synchronous=FULL; {plan.store_instances:,} "
+        f"instances): disk fsync median {figures['fsync_median_ms']:.3f} ms",
+        f"ratio: group commit x{figures['group_commit_vs_per_change']:.1f} of a commit per change",
+    ]
+    if "postgres_settings" in figures:
+        lines.append(
+            f"PostgreSQL ({figures['postgres_settings']}): group commit "
+            f"x{figures['postgres_vs_sqlite_group_commit']:.2f} of SQLite's"
+        )
+    lines += ["", "timers: one TimerService, deadlines on the real clock, fleet on the same loop"]
+    for key, t in figures["timers"].items():
+        lines.append(
+            f"  {t['timers']:,} deadlines over {t['spread_s']:g} s, fleet of {t['fleet']:,} "
+            f"({t['concurrency']:,} actions in flight), {key.replace('_', ' ')}: lateness p50 "
+            f"{t['lateness_p50_ms']:.1f} ms, p99 {t['lateness_p99_ms']:.1f} ms, max "
+            f"{t['lateness_max_ms']:.1f} ms; {t['gc_collections']} collections, longest "
+            f"{t['gc_max_pause_ms']:.1f} ms; fleet {t['fleet_changes_per_s']:,.0f} changes/s"
+        )
+    lines += ["", f"targets (ratios at {figures['headline_instances']:,} instances):"]
+    for name, t in figures["targets"].items():
+        lines.append(
+            f"  {name:<30}{t['value']:>10.3g}  {t['rule']} {t['target']:.3g}  "
+            f"{'met' if t['met'] else 'NOT met'}"
+        )
+    lines.append(f"wall time {figures['wall_s']:.0f} s")
+    return "\n".join(lines)
 
 
 def run_bench(
-    *,
-    instances: int = 10_000,
-    repeat: int = 3,
-    json_out: Path | None = None,
-    store_instances: int = 1000,
-    store_dir: Path | None = None,
-    pg_url: str | None = None,
+    plan: BenchPlan, *, json_out: Path | None = None, progress: TextIO | None = sys.stderr
 ) -> str:
-    """Run every side ``repeat`` times and report medians and ratios; with ``pg_url``, the
-    store runs on PostgreSQL too."""
-    naive = [bench_naive(instances) for _ in range(repeat)]
-    ism_runs = [bench_ism(instances) for _ in range(repeat)]
-    ism = [r for r, _ in ism_runs]
-    with tempfile.TemporaryDirectory(dir=store_dir) as tmp:
-        directory = Path(tmp)
-        fsync = fsync_latency(directory)
-        single = [bench_sqlite(store_instances, directory, group=False) for _ in range(repeat)]
-        grouped = [bench_sqlite(store_instances, directory, group=True) for _ in range(repeat)]
-
-    def med(rows: list[BenchResult], field: str) -> float:
-        return float(statistics.median(float(getattr(r, field)) for r in rows))
-
-    figures = {
-        "instances": instances,
-        "repeat": repeat,
-        "naive_setup_s": med(naive, "setup_s"),
-        "naive_changes_per_s": med(naive, "changes_per_s"),
-        "naive_bytes_per_idle_instance": med(naive, "bytes_per_idle_instance"),
-        "ism_setup_s": med(ism, "setup_s"),
-        "ism_changes_per_s": med(ism, "changes_per_s"),
-        "ism_bytes_per_idle_instance": med(ism, "bytes_per_idle_instance"),
-        "ism_notifications_per_run": ism_runs[0][1],
-        "store_instances": store_instances,
-        "fsync_median_ms": fsync * 1000,
-        "sqlite_per_change_changes_per_s": med(single, "changes_per_s"),
-        "sqlite_group_commit_changes_per_s": med(grouped, "changes_per_s"),
+    """Measure everything ``plan`` names; write the JSON; return the report."""
+    runner = _Runner(plan, progress)
+    figures: dict[str, Any] = {
+        "settings": {
+            **{k: v for k, v in attrs.asdict(plan).items() if k not in ("store_dir", "pg_url")},
+            "sizes": list(plan.sizes),
+            "postgres": plan.pg_url is not None,
+            "cycle": list(CYCLE),
+            "changes_per_instance": CHANGES_PER_INSTANCE,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        }
     }
-    pg_lines = []
-    if pg_url is not None:
-        pg_single = [bench_postgres(store_instances, pg_url, group=False) for _ in range(repeat)]
-        pg_grouped = [bench_postgres(store_instances, pg_url, group=True) for _ in range(repeat)]
-        figures["postgres_per_change_changes_per_s"] = med(pg_single, "changes_per_s")
-        figures["postgres_group_commit_changes_per_s"] = med(pg_grouped, "changes_per_s")
-        figures["postgres_vs_sqlite_group_commit"] = (
-            figures["postgres_group_commit_changes_per_s"]
-            / figures["sqlite_group_commit_changes_per_s"]
-        )
-        pg_lines = [
-            "",
-            f"the same on PostgreSQL ({asyncio.run(_postgres_settings(pg_url))}):",
-            f"{'  a commit per change':<34}{'':>10}"
-            f"{figures['postgres_per_change_changes_per_s']:>12,.0f}",
-            f"{'  group commit':<34}{'':>10}"
-            f"{figures['postgres_group_commit_changes_per_s']:>12,.0f}",
-            f"ratio: PostgreSQL x{figures['postgres_vs_sqlite_group_commit']:.2f} of SQLite, "
-            "group commit",
-        ]
-    figures["group_commit_vs_per_change"] = (
-        figures["sqlite_group_commit_changes_per_s"] / figures["sqlite_per_change_changes_per_s"]
-    )
-    figures["changes_vs_naive_transitions"] = (
-        figures["ism_changes_per_s"] / figures["naive_changes_per_s"]
-    )
-    figures["setup_vs_add_model"] = figures["naive_setup_s"] / max(figures["ism_setup_s"], 1e-9)
-    figures["memory_vs_naive"] = (
-        figures["ism_bytes_per_idle_instance"] / figures["naive_bytes_per_idle_instance"]
-    )
+    figures.update(_measure(plan, runner))
+    _headline(figures, plan)
+    figures["wall_s"] = time.perf_counter() - runner.started
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return "\n".join(
-        [
-            f"ism bench: {instances} instances, {len(CYCLE) * 2} state changes each, "
-            f"median of {repeat}",
-            f"{'':<34}{'setup s':>10}{'changes/s':>12}{'B/idle inst':>13}",
-            f"{'naive transitions AsyncMachine':<34}{figures['naive_setup_s']:>10.3f}"
-            f"{figures['naive_changes_per_s']:>12,.0f}"
-            f"{figures['naive_bytes_per_idle_instance']:>13,.0f}",
-            f"{'ism engine':<34}{figures['ism_setup_s']:>10.3f}"
-            f"{figures['ism_changes_per_s']:>12,.0f}{figures['ism_bytes_per_idle_instance']:>13,.0f}",
-            f"ratios: changes x{figures['changes_vs_naive_transitions']:.2f} of naive; setup "
-            f"x{figures['setup_vs_add_model']:.1f} faster than add_model; memory "
-            f"{figures['memory_vs_naive']:.2f} of naive",
-            f"(ism builds and captures {figures['ism_notifications_per_run']:,} Nova-shaped "
-            "notifications per run; the naive machine appends a small dict per change)",
-            "",
-            f"audited state changes on SQLite (WAL, synchronous=FULL; {store_instances} "
-            f"instances, the same cycle; disk fsync median {figures['fsync_median_ms']:.3f} ms):",
-            f"{'  a commit per change':<34}{'':>10}"
-            f"{figures['sqlite_per_change_changes_per_s']:>12,.0f}",
-            f"{'  group commit':<34}{'':>10}{figures['sqlite_group_commit_changes_per_s']:>12,.0f}",
-            f"ratio: group commit x{figures['group_commit_vs_per_change']:.1f} of a commit per "
-            "change",
-            *pg_lines,
-        ]
-    )
+    return _render(figures, plan)
