@@ -27,6 +27,7 @@ from drivers.base import PowerState
 from drivers.simulator import LatencyModel, SimHost, SimulatorDriver
 
 from ._bench_baselines import CYCLE, Figures, measure_memory, peak_rss_mb, percentile
+from ._bench_profile import Breakdown, Measure, profile_changes
 from ._timers import TimerService
 from .config import Config
 from .engine import Engine
@@ -40,6 +41,7 @@ __all__ = [
     "TimerFigures",
     "fsync_latency",
     "postgres_settings",
+    "profile_ism_memory",
     "run_ism_memory",
     "run_postgres",
     "run_sqlite",
@@ -178,6 +180,31 @@ async def _ism_memory(n: int, memory: bool) -> Figures:
     if mem is None:
         return figures
     return attrs.evolve(figures, bytes_per_idle_instance=mem / n, memory_sample=n)
+
+
+def profile_ism_memory(n: int) -> Breakdown:
+    """Where the memory-store cycle of ``n`` instances spends its time (``ism bench
+    --profile``): the same set-up as :func:`run_ism_memory`, the cycle alone measured."""
+
+    def run(measure: Measure) -> int:
+        async def main() -> int:
+            hosts = _hosts(n)
+            driver = _driver(hosts)
+            stamp = _Stamped(MemoryCapture(maxlen=CAPTURE))
+            engine = Engine(driver, sinks=[stamp], config=Config())
+            records = _records(n, hosts)
+            engine.adopt(records)
+            for r in records:
+                await driver.spawn(r.guest())
+            async with engine:
+                before = engine.statistics().state_changes
+                with measure():
+                    await _cycle(engine, stamp, [r.uuid for r in records])
+                return engine.statistics().state_changes - before
+
+        return asyncio.run(main())
+
+    return profile_changes(run)
 
 
 def run_ism_memory(n: int, memory: bool = True) -> Figures:

@@ -181,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="also run the store rows on this PostgreSQL database (a fresh schema each run)",
     )
+    bench.add_argument(
+        "--profile",
+        type=_positive_int,
+        metavar="N",
+        help="instead: where the memory-store cycle of N instances spends its time",
+    )
 
     states = sub.add_parser("states", help="list the lifecycle's states and actions")
     states.add_argument("--format", dest="fmt", choices=("text", "markdown"), default="text")
@@ -382,6 +388,11 @@ def _chosen_driver(args: argparse.Namespace) -> Driver | None:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import BenchPlan, run_bench
 
+    if args.profile is not None:
+        from ._bench_ism import profile_ism_memory
+
+        print(profile_ism_memory(args.profile).render())
+        return 0
     quick = args.quick
     plan = BenchPlan(
         sizes=args.sizes or ((500,) if quick else (1000, 10_000, 100_000)),

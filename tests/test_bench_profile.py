@@ -2,58 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+import pytest
 
-import anyio
-
-from drivers.simulator import LatencyModel, SimHost, SimulatorDriver
-from statemachine import Config, Engine
-from statemachine._bench_profile import COMPONENTS, Measure, profile_changes
-from statemachine.sinks import MemoryCapture
-from tests.support import OWNER
-
-FLAVOR = {"vcpus": 1, "memory_mb": 64, "root_gb": 1}
-
-
-def _fleet(n: int) -> Callable[[Measure], int]:
-    def run(measure: Measure) -> int:
-        async def main() -> int:
-            driver = SimulatorDriver(hosts=[SimHost("h1")], latency=LatencyModel(scale=0.0))
-            engine = Engine(driver, sinks=[MemoryCapture()], config=Config())
-            async with engine:
-                uuids = [
-                    (
-                        await engine.create(OWNER, name=f"vm{i}", flavor=FLAVOR, image="i")
-                    ).instance.uuid
-                    for i in range(n)
-                ]
-                before = engine.statistics().state_changes
-                with measure():
-                    async with anyio.create_task_group() as tg:
-                        for uuid in uuids:
-                            tg.start_soon(engine.act, OWNER, "stop", uuid)
-                return engine.statistics().state_changes - before
-
-        return asyncio.run(main())
-
-    return run
+from statemachine._bench_ism import profile_ism_memory
+from statemachine._bench_profile import COMPONENTS
+from statemachine.cli import main
 
 
 def test_parts_are_measured_and_add_up_to_the_profiled_time() -> None:
-    """Every named part was entered (the names match real functions), and with the rest
-    they account for the profiled span, no more."""
-    breakdown = profile_changes(_fleet(20))
-    assert breakdown.changes == 40  # stop: accepted (powering-off), then stopped
-    names = [name for name, _ in breakdown.parts]
-    assert names[: len(COMPONENTS)] == [name for name, _ in COMPONENTS]
+    """Every named part was entered (the names match real functions, so a rename cannot
+    silently zero a row), and with the rest they account for the profiled span, no more."""
+    breakdown = profile_ism_memory(20)
+    assert breakdown.changes == 20 * 8  # stop, start, pause, unpause: accept and done each
     measured = dict(breakdown.parts)
-    entered = [name for name, _ in COMPONENTS if name not in ("policy",)]
-    for name in entered:
+    assert list(measured)[: len(COMPONENTS)] == [name for name, _ in COMPONENTS]
+    for name, _ in COMPONENTS:
         assert measured[name] > 0, name
     assert sum(measured.values()) <= breakdown.profiled_s * 1.0001
-    assert breakdown.wall_s > 0
     assert 0 <= breakdown.gc_s <= breakdown.wall_s
-    text = breakdown.render()
-    assert "us/change" in text
-    assert "cyclic GC" in text
+    assert {name for name, _ in breakdown.own} >= {"logging"}
+
+
+def test_the_cli_prints_the_breakdown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--profile", "10"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("where the time goes: 80 state changes")
+    assert "us/change" in out
+    assert "cyclic GC" in out
