@@ -171,10 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--timer-concurrency",
-        type=_positive_int,
-        default=100,
-        metavar="N",
-        help="actions in flight in that fleet (100)",
+        type=_sizes,
+        metavar="N,N,…",
+        help="actions in flight in that fleet, a pair of runs each (10,100; the first is the "
+        "headline's)",
     )
     bench.add_argument(
         "--pg-url",
@@ -403,7 +403,7 @@ def _bench(args: argparse.Namespace) -> int:
         pg_url=args.pg_url,
         timers=args.timers or (10_000 if quick else 100_000),
         timer_fleet=args.timer_fleet or (500 if quick else 10_000),
-        timer_concurrency=args.timer_concurrency,
+        timer_concurrency=args.timer_concurrency or ((10,) if quick else (10, 100)),
         timer_spread_s=1.0 if quick else 3.0,
     )
     print(run_bench(plan, json_out=args.json_out))

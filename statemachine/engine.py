@@ -535,6 +535,7 @@ class Engine:
             timer_lateness=timers.lateness,
             outbox_backlog=outbox.backlog,
             outbox_oldest_age=self._telemetry.outbox_age(outbox.oldest_timestamp),
+            power_syncs=self._syncs,
         )
 
     def adopt(self, records: Iterable[Instance]) -> int:

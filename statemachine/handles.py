@@ -132,6 +132,8 @@ class EngineStatistics:
     """Committed notifications not yet taken by every sink and transport."""
     outbox_oldest_age: float = 0.0
     """Seconds since the oldest of those was stamped (0 when none waits)."""
+    power_syncs: int = 0
+    """Full power-state syncs completed (the one at start, then each periodic one)."""
 
 
 @attrs.frozen

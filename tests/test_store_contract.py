@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -222,4 +223,41 @@ async def test_user_data_is_kept_beside_the_record_and_nowhere_else(kit: StoreKi
     assert "canary-3f9a" not in repr(store.get(inst.uuid))
     assert "canary-3f9a" not in repr(await store.read_audit())
     assert "canary-3f9a" not in repr(await store.unsent(10))
+    await store.close()
+
+
+@virtual
+async def test_heartbeats_and_meta_are_kept_and_survive_a_reopen(kit: StoreKit) -> None:
+    """The servicegroup's heartbeats (latest per host) and the store's meta values (the
+    lifecycle that wrote it) read back, also after a reopen."""
+    store = await _opened(kit)
+    first = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    await store.heartbeat("compute1", first)
+    await store.heartbeat("compute2", first)
+    await store.heartbeat("compute1", first + dt.timedelta(seconds=10))
+    assert await store.services() == {
+        "compute1": first + dt.timedelta(seconds=10),
+        "compute2": first,
+    }
+    assert await store.get_meta("lifecycle") is None
+    await store.set_meta("lifecycle", "1.1")
+    await store.set_meta("lifecycle", "1.2")
+    assert await store.get_meta("lifecycle") == "1.2"
+    store = await kit.reopen(store)
+    await store.open(writer=WRITER)
+    assert (await store.services())["compute1"] == first + dt.timedelta(seconds=10)
+    assert await store.get_meta("lifecycle") == "1.2"
+    await store.close()
+
+
+@virtual
+async def test_refresh_reads_storage_and_refuses_an_unknown_instance(kit: StoreKit) -> None:
+    """refresh() returns the stored record and puts it in the working set; an unknown uuid
+    is InstanceNotFound."""
+    store = await _opened(kit)
+    await _insert(store)
+    uuid = instance().uuid
+    assert await store.refresh(uuid) == store.get(uuid)
+    with pytest.raises(InstanceNotFound):
+        await store.refresh("00000000-0000-4000-8000-00000000dead")
     await store.close()
