@@ -33,7 +33,7 @@ from .config import Config
 from .engine import Engine
 from .model import Flavor, Instance, RequestContext
 from .notify import Notification
-from .sinks import MemoryCapture
+from .sinks import MemoryCapture, Sink
 from .states import VmState
 from .store import PostgresStore, SqliteStore, Store
 
@@ -112,6 +112,21 @@ def _hosts(n: int) -> list[str]:
     return [f"compute{i}" for i in range(max(1, n // 1000))]
 
 
+async def _adopted_fleet(n: int, sinks: list[Sink]) -> tuple[Engine, list[str], float]:
+    """An engine holding ``n`` idle instances (built and ``Engine.adopt``-ed: the seconds that
+    took are returned) whose guests run on a zero-latency simulator."""
+    hosts = _hosts(n)
+    driver = _driver(hosts)
+    engine = Engine(driver, sinks=sinks, config=Config())
+    t0 = time.perf_counter()
+    records = _records(n, hosts)
+    engine.adopt(records)
+    setup = time.perf_counter() - t0
+    for r in records:
+        await driver.spawn(r.guest())
+    return engine, [r.uuid for r in records], setup
+
+
 async def _cycle(engine: Engine, stamp: _Stamped, uuids: list[str]) -> tuple[float, int]:
     """Every instance through the cycle at once: the elapsed seconds and the actions done."""
     clock = time.perf_counter
@@ -152,26 +167,17 @@ def _figures(
     )
 
 
-def _adopted_bytes(n: int, hosts: list[str], driver: SimulatorDriver) -> float:
-    probe = Engine(driver, config=Config())  # built first: the engine is not per instance
+def _adopted_bytes(n: int) -> float:
+    hosts = _hosts(n)
+    probe = Engine(_driver(hosts), config=Config())  # built first: not per instance
     _, mem = measure_memory(lambda: probe.adopt(_records(n, hosts)))
     return mem
 
 
 async def _ism_memory(n: int, memory: bool) -> Figures:
-    hosts = _hosts(n)
-    driver = _driver(hosts)
-    mem = _adopted_bytes(n, hosts, driver) if memory else None
+    mem = _adopted_bytes(n) if memory else None
     stamp = _Stamped(MemoryCapture(maxlen=CAPTURE))
-    engine = Engine(driver, sinks=[stamp], config=Config())
-    t0 = time.perf_counter()
-    records = _records(n, hosts)
-    engine.adopt(records)
-    setup = time.perf_counter() - t0
-    for r in records:
-        await driver.spawn(r.guest())
-    uuids = [r.uuid for r in records]
-    del records
+    engine, uuids, setup = await _adopted_fleet(n, [stamp])
     async with engine:
         before = engine.statistics().state_changes
         run = await _cycle(engine, stamp, uuids)
@@ -188,18 +194,12 @@ def profile_ism_memory(n: int) -> Breakdown:
 
     def run(measure: Measure) -> int:
         async def main() -> int:
-            hosts = _hosts(n)
-            driver = _driver(hosts)
             stamp = _Stamped(MemoryCapture(maxlen=CAPTURE))
-            engine = Engine(driver, sinks=[stamp], config=Config())
-            records = _records(n, hosts)
-            engine.adopt(records)
-            for r in records:
-                await driver.spawn(r.guest())
+            engine, uuids, _ = await _adopted_fleet(n, [stamp])
             async with engine:
                 before = engine.statistics().state_changes
                 with measure():
-                    await _cycle(engine, stamp, [r.uuid for r in records])
+                    await _cycle(engine, stamp, uuids)
                 return engine.statistics().state_changes - before
 
         return asyncio.run(main())
@@ -362,15 +362,7 @@ class _GcPauses:
 async def _timers(
     count: int, fleet: int, concurrency: int, spread: float, freeze: bool
 ) -> TimerFigures:
-    hosts = _hosts(fleet)
-    driver = _driver(hosts)
-    engine = Engine(driver, sinks=[MemoryCapture(maxlen=10_000)], config=Config())
-    records = _records(fleet, hosts)
-    engine.adopt(records)
-    for r in records:
-        await driver.spawn(r.guest())
-    uuids = [r.uuid for r in records]
-    del records
+    engine, uuids, _ = await _adopted_fleet(fleet, [MemoryCapture(maxlen=10_000)])
     service = TimerService(lateness_window=count + 1)
     loop = asyncio.get_running_loop()
     lateness: list[float] = []

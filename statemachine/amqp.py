@@ -351,11 +351,11 @@ class AmqpTransport:
         import aiormq
         import yarl
 
-        url = self._url
-        if is_virtual() and "heartbeat=" not in url:
+        url = yarl.URL(self._url)
+        if is_virtual() and "heartbeat" not in url.query:
             # the client's heartbeat watchdog runs on the loop's clock: a virtual jump over an
             # idle stretch would look like a silent broker and drop a healthy connection
-            url = str(yarl.URL(url).update_query(heartbeat=0))
+            url = url.update_query(heartbeat=0)
         with anyio.fail_after(self.connect_timeout):
             self._connection = await aio_pika.connect(
                 url,

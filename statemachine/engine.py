@@ -229,7 +229,7 @@ class Engine:
         self._idle = anyio.Event()
         self._idle.set()
         self._armed: dict[tuple[str, str], TimerHandle] = {}
-        self._chained: dict[str, tuple[str, dict[str, Any], str]] = {}
+        self._chained: dict[str, tuple[str, dict[str, Any], str] | TimedTransition] = {}
         """What an action starts as the system once it ends: (action, params, why)."""
         self._feed = ChangeFeed()
         self._tg: TaskGroup | None = None
@@ -1072,12 +1072,10 @@ class Engine:
             if self._running.get(handle.uuid) is handle:
                 del self._running[handle.uuid]
             chained = self._chained.pop(handle.uuid, None)
-            if chained is not None:
-                timed = self._chained_timed(chained[0], chained[2])
-                if timed is not None:  # a "now" timed transition: deferred, not lost, if Busy
-                    await self._timed_action(handle.uuid, timed)
-                else:
-                    await self._system_action(chained[0], handle.uuid, chained[2], chained[1])
+            if isinstance(chained, TimedTransition):  # due "now": deferred, not lost, if Busy
+                await self._timed_action(handle.uuid, chained)
+            elif chained is not None:
+                await self._system_action(chained[0], handle.uuid, chained[2], chained[1])
             if handle.preempted_by is not None:
                 outcome = Outcome.PREEMPTED
                 error = ActionPreempted(handle.name, handle.uuid, handle.preempted_by)
@@ -1623,18 +1621,12 @@ class Engine:
                 if delay == 0 and timed.action is not None and not restart:
                     # "now" (shelved_offload_time 0): the committing action chains it before
                     # it ends, so no observer sees the instance idle in between
-                    self._chained[inst.uuid] = (timed.action, {}, "timed transition")
+                    self._chained[inst.uuid] = timed
                 elif delay is not None:
                     self._armed[key] = self._timers.call_at(
                         anyio.current_time() + self._remaining(inst.state_since, delay),
                         functools.partial(self._fire, inst.uuid, timed),
                     )
-
-    def _chained_timed(self, action: str, why: str) -> TimedTransition | None:
-        """The timed transition a chained action stands for (one due "now"), if it is one."""
-        if why != "timed transition":
-            return None
-        return next((t for t in self.lifecycle.timed if t.action == action), None)
 
     def _remaining(self, since: dt.datetime | None, delay: float) -> float:
         """Seconds left of ``delay`` counted from the wall-clock instant ``since``."""
@@ -1931,16 +1923,27 @@ class Engine:
         """Each instance's power state, asked ``recovery_concurrency`` at a time: one at a time,
         a hypervisor that does not answer would hold the start for 60 s per instance."""
         powers: dict[str, PowerState | None] = {}
+
+        async def ask(inst: Instance) -> None:
+            powers[inst.uuid] = await self._query_power(inst)
+
+        await self._each_bounded(instances, ask)
+        return powers
+
+    async def _each_bounded(
+        self, instances: Iterable[Instance], work: Callable[[Instance], Awaitable[None]]
+    ) -> None:
+        """``work`` on every instance, ``recovery_concurrency`` at a time: a bounded pool of
+        workers sharing one iterator, never a task per instance."""
         pending = iter(instances)
 
         async def worker() -> None:
             for inst in pending:
-                powers[inst.uuid] = await self._query_power(inst)
+                await work(inst)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self.config.recovery_concurrency, len(instances))):
+            for _ in range(self.config.recovery_concurrency):
                 tg.start_soon(worker)
-        return powers
 
     async def _query_power(self, inst: Instance) -> PowerState | None:
         """What the driver reports for the instance, or None when it cannot tell in time."""
@@ -2001,24 +2004,20 @@ class Engine:
         scope = anyio.CancelScope()
         self._background.add(scope)
         try:
-            pending = iter(list(self._store.all()))
 
-            async def worker() -> None:
-                for inst in pending:
-                    if not self._accepting:
-                        return
-                    if inst.task_state is not None or inst.vm_state is VmState.DELETED:
-                        continue
-                    if not self.serves(inst.host):
-                        continue
-                    power = await self._query_power(inst)
-                    if power is not None:
-                        await self.sync_power_state(inst.uuid, power)
+            async def sync(inst: Instance) -> None:
+                if not self._accepting:
+                    return  # the engine stops: what is left is skipped
+                if inst.task_state is not None or inst.vm_state is VmState.DELETED:
+                    return
+                if not self.serves(inst.host):
+                    return
+                power = await self._query_power(inst)
+                if power is not None:
+                    await self.sync_power_state(inst.uuid, power)
 
             with scope:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(self.config.recovery_concurrency):
-                        tg.start_soon(worker)
+                await self._each_bounded(list(self._store.all()), sync)
                 self._syncs += 1
         finally:
             self._syncing = False
